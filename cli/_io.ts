@@ -1,0 +1,26 @@
+/**
+ * Writing whole strings to stdout and stderr from the command-line programs.
+ *
+ * @module
+ */
+
+const _encoder = new TextEncoder();
+
+function _writeAll(w: { writeSync(p: Uint8Array): number }, text: string): void {
+  let bytes = _encoder.encode(text);
+  try {
+    while (bytes.length > 0) bytes = bytes.subarray(w.writeSync(bytes));
+  } catch {
+    // The reader went away; nothing left to tell it.
+  }
+}
+
+/** Writes `text` to stdout. */
+export function printOut(text: string): void {
+  _writeAll(Deno.stdout, text);
+}
+
+/** Writes `text` to stderr. */
+export function printErr(text: string): void {
+  _writeAll(Deno.stderr, text);
+}

@@ -1,0 +1,364 @@
+/**
+ * The client API: one authenticated connection to a cmappserver, with
+ * request/reply matching and exit notifications.
+ *
+ * @module
+ */
+
+import {
+  decodeServerMessage,
+  DEFAULT_MAX_FRAME_SIZE,
+  type ExitStatus,
+  formatVersion,
+  type LaunchMessage,
+  MessageChannel,
+  negotiateVersion,
+  type PingMessage,
+  PROTOCOL_VERSION,
+  type ProtocolVersion,
+  type RunStatusMessage,
+  type ServerMessage,
+  SOFTWARE_VERSION,
+  type StatusMessage,
+} from "../protocol/mod.ts";
+import type { ClientMessage, ErrorMessage } from "../protocol/mod.ts";
+import {
+  type CertificateInfo,
+  connectTls,
+  type Identity,
+  TlsConnectError,
+  type TrustStore,
+} from "../tls/mod.ts";
+import { ManagerError } from "./errors.ts";
+
+/** Agent string sent in the manager's hello. */
+export const MANAGER_AGENT = `cmappmgr ${SOFTWARE_VERSION}`;
+
+/** Options for {@linkcode connect}. */
+export interface ConnectOptions {
+  /** cmappserver host name or address. */
+  host: string;
+  /** cmappserver port (5315 by default). */
+  port?: number;
+  /** Our key and certificate. */
+  identity: Identity;
+  /** The cmappserver certificates we accept. */
+  trust: TrustStore;
+  /** Time allowed for TCP, TLS and hello together; 10 s by default. */
+  timeoutMs?: number;
+  /** Protocol version to announce (tests use it to play an older or newer peer). */
+  version?: ProtocolVersion;
+}
+
+/** A launch the server refused, with the server's reason code. */
+export class LaunchError extends Error {
+  /** The server's error code: not_found, not_executable, spawn_failed, limit, … */
+  readonly code: ErrorMessage["code"];
+  /** Builds the error. */
+  constructor(code: ErrorMessage["code"], message: string) {
+    super(message);
+    this.name = "LaunchError";
+    this.code = code;
+  }
+}
+
+type Pending = {
+  resolve(m: ServerMessage): void;
+  reject(e: Error): void;
+};
+
+/**
+ * An open session with a cmappserver.
+ *
+ * @example
+ * ```ts ignore
+ * import { connect } from "./client.ts";
+ * const client = await connect({ host: "127.0.0.1", port: 5315, identity, trust });
+ * const { run } = await client.launch(["/bin/sh", "-c", "exit 3"]);
+ * console.log(await client.wait(run)); // { code: 3 }
+ * client.close();
+ * ```
+ */
+export class Client {
+  /** The server's agent string. */
+  readonly serverAgent: string;
+  /** The protocol version both sides use. */
+  readonly version: ProtocolVersion;
+  /** The server's certificate. */
+  readonly serverCertificate: CertificateInfo;
+  /** Time of the last message received from the server (ms since the epoch). */
+  lastHeard: number;
+  readonly #channel: MessageChannel<ServerMessage, ClientMessage>;
+  readonly #pending = new Map<number, Pending>();
+  readonly #exitWaiters = new Map<string, Set<(e: ExitStatus) => void>>();
+  readonly #closed: Promise<Error | null>;
+  #closeError: Error | null | undefined = undefined;
+  #nextId = 1;
+
+  /** @internal use {@linkcode connect} */
+  constructor(
+    channel: MessageChannel<ServerMessage, ClientMessage>,
+    hello: { agent: string; version: ProtocolVersion; certificate: CertificateInfo },
+    events: { setHandler(h: ClientEvents): void },
+  ) {
+    this.#channel = channel;
+    this.serverAgent = hello.agent;
+    this.version = hello.version;
+    this.serverCertificate = hello.certificate;
+    this.lastHeard = Date.now();
+    let onClosed!: (e: Error | null) => void;
+    this.#closed = new Promise((r) => onClosed = r);
+    events.setHandler({
+      message: (m) => this.#receive(m),
+      closed: (e) => {
+        this.#closeError = e;
+        const err = new ManagerError(
+          "lost",
+          `connection to cmappserver closed${e ? `: ${e.message}` : ""}`,
+        );
+        for (const p of this.#pending.values()) p.reject(err);
+        this.#pending.clear();
+        onClosed(e);
+      },
+    });
+  }
+
+  /** Settles when the connection closes, with the error if it broke. */
+  get closed(): Promise<Error | null> {
+    return this.#closed;
+  }
+
+  /** True once the connection has closed. */
+  get isClosed(): boolean {
+    return this.#closeError !== undefined;
+  }
+
+  /**
+   * Asks the server to start `argv`.
+   * @throws {LaunchError} when the server refuses
+   */
+  async launch(argv: string[]): Promise<{ run: string; pid: number }> {
+    const m = await this.#request<LaunchMessage>({ type: "launch", id: 0, argv });
+    if (m.type === "launched") return { run: m.run, pid: m.pid };
+    throw this.#unexpected(m);
+  }
+
+  /**
+   * Asks for a run's state; also subscribes this connection to its exit.
+   * @throws {LaunchError} with code "unknown_run" when the server does not know it
+   */
+  async status(run: string): Promise<RunStatusMessage> {
+    const m = await this.#request<StatusMessage>({ type: "status", id: 0, run });
+    if (m.type === "run_status") {
+      if (m.exit) this.#exited(m.run, m.exit);
+      return m;
+    }
+    throw this.#unexpected(m);
+  }
+
+  /** Round trip with no side effects. */
+  async ping(): Promise<void> {
+    const m = await this.#request<PingMessage>({ type: "ping", id: 0 });
+    if (m.type !== "pong") throw this.#unexpected(m);
+  }
+
+  /**
+   * Resolves with the run's exit status, from the server's notification or
+   * a status reply, whichever comes first. Call {@linkcode status} once to
+   * follow a run this connection did not launch.
+   */
+  wait(run: string): Promise<ExitStatus> {
+    return new Promise((resolve) => {
+      let set = this.#exitWaiters.get(run);
+      if (!set) this.#exitWaiters.set(run, set = new Set());
+      set.add(resolve);
+    });
+  }
+
+  /** Closes the connection. Processes on the guest keep running. */
+  close(): void {
+    this.#channel.close();
+  }
+
+  /** Drops the connection at once. */
+  destroy(): void {
+    this.#channel.destroy();
+  }
+
+  #request<T extends LaunchMessage | StatusMessage | PingMessage>(msg: T): Promise<ServerMessage> {
+    if (this.isClosed) {
+      return Promise.reject(new ManagerError("lost", "connection to cmappserver is closed"));
+    }
+    const id = this.#nextId++ >>> 0;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject });
+      this.#channel.send({ ...msg, id } as T);
+    });
+  }
+
+  #receive(m: ServerMessage): void {
+    this.lastHeard = Date.now();
+    if (m.type === "exited") {
+      this.#exited(m.run, m.exit);
+      return;
+    }
+    if (m.type === "hello") {
+      this.#channel.destroy();
+      return;
+    }
+    if (m.type === "error" && m.id === undefined) {
+      // A connection-level error: the server closes after it.
+      const err = new ManagerError(m.code === "version" ? "version" : "protocol", m.message);
+      for (const p of this.#pending.values()) p.reject(err);
+      this.#pending.clear();
+      return;
+    }
+    const p = this.#pending.get(m.id!);
+    if (!p) return;
+    this.#pending.delete(m.id!);
+    if (m.type === "error") p.reject(new LaunchError(m.code, m.message));
+    else p.resolve(m);
+  }
+
+  #exited(run: string, exit: ExitStatus): void {
+    const set = this.#exitWaiters.get(run);
+    this.#exitWaiters.delete(run);
+    for (const w of set ?? []) w(exit);
+  }
+
+  #unexpected(m: ServerMessage): Error {
+    return new ManagerError("protocol", `unexpected ${m.type} reply from cmappserver`);
+  }
+}
+
+interface ClientEvents {
+  message(m: ServerMessage): void;
+  closed(e: Error | null): void;
+}
+
+/**
+ * Connects to a cmappserver, authenticates both ways and exchanges hellos.
+ *
+ * @throws {ManagerError} with a kind for each way it can fail
+ * @example
+ * ```ts ignore
+ * import { connect } from "./client.ts";
+ * const client = await connect({ host: "guest1", identity, trust });
+ * await client.ping();
+ * client.close();
+ * ```
+ */
+export async function connect(options: ConnectOptions): Promise<Client> {
+  const port = options.port ?? 5315;
+  const timeoutMs = options.timeoutMs ?? 10_000;
+  const where = `${options.host}:${port}`;
+  const started = Date.now();
+  let tlsConn;
+  try {
+    tlsConn = await connectTls({ ...options, port, timeoutMs });
+  } catch (e) {
+    if (e instanceof TlsConnectError) {
+      throw new ManagerError(
+        e.kind === "unreachable"
+          ? "unreachable"
+          : e.kind === "server_untrusted"
+          ? "server_untrusted"
+          : "protocol",
+        e.message,
+      );
+    }
+    throw e;
+  }
+  const ours = options.version ?? PROTOCOL_VERSION;
+  const ourFingerprint = options.identity.info.fingerprint;
+  return await new Promise<Client>((resolve, reject) => {
+    let handler: ClientEvents | null = null;
+    let settled = false;
+    const fail = (e: ManagerError) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      channel.destroy();
+      reject(e);
+    };
+    const rejectedMessage = (detail: string) =>
+      `cmappserver at ${where} refused our certificate (${ourFingerprint}) ${detail}: copy this ` +
+      `host's cert.pem into the guest's trusted/ directory and send cmappserver SIGHUP, or ` +
+      `renew an expired certificate`;
+    const channel = new MessageChannel<ServerMessage, ClientMessage>(
+      tlsConn.socket,
+      decodeServerMessage,
+      {
+        onMessage: (m) => {
+          if (handler) return handler.message(m);
+          if (m.type === "hello") {
+            const v = negotiateVersion(ours, m.version);
+            if (!v) {
+              fail(
+                new ManagerError(
+                  "version",
+                  `cmappserver at ${where} (${m.agent}) speaks protocol ${
+                    formatVersion(m.version)
+                  }, incompatible with ours (${formatVersion(ours)}): upgrade the older side`,
+                ),
+              );
+              return;
+            }
+            settled = true;
+            clearTimeout(timer);
+            resolve(
+              new Client(channel, {
+                agent: m.agent,
+                version: v,
+                certificate: tlsConn.server,
+              }, { setHandler: (h) => handler = h }),
+            );
+            return;
+          }
+          if (m.type === "error") {
+            fail(
+              new ManagerError(
+                m.code === "unauthorized"
+                  ? "rejected"
+                  : m.code === "version"
+                  ? "version"
+                  : "protocol",
+                m.code === "unauthorized"
+                  ? rejectedMessage(`(${m.message})`)
+                  : `cmappserver at ${where}: ${m.message}`,
+              ),
+            );
+            return;
+          }
+          fail(new ManagerError("protocol", `cmappserver at ${where} sent ${m.type} before hello`));
+        },
+        onInvalid: (e) => {
+          if (handler) {
+            channel.destroy();
+            return;
+          }
+          fail(
+            new ManagerError("protocol", `cmappserver at ${where} sent invalid data: ${e.message}`),
+          );
+        },
+        onClose: (err) => {
+          if (handler) return handler.closed(err);
+          // Under TLS 1.3 a refused client certificate shows up only now, as an EOF or an alert.
+          fail(new ManagerError("rejected", rejectedMessage("during the TLS handshake")));
+        },
+      },
+      DEFAULT_MAX_FRAME_SIZE,
+    );
+    const timer = setTimeout(
+      () =>
+        fail(
+          new ManagerError(
+            "unreachable",
+            `cmappserver at ${where} did not answer our hello within ${timeoutMs} ms`,
+          ),
+        ),
+      Math.max(1, timeoutMs - (Date.now() - started)),
+    );
+    channel.send({ type: "hello", version: { ...ours }, agent: MANAGER_AGENT });
+  });
+}

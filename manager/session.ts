@@ -1,0 +1,191 @@
+/**
+ * Running one command on a guest to its end: connect (retrying while the
+ * guest is unreachable), launch, follow with periodic status polls, and
+ * reconnect and re-attach when the connection breaks, until the guest has
+ * been silent for longer than the server timeout.
+ *
+ * @module
+ */
+
+import type { ExitStatus } from "../protocol/mod.ts";
+import { type Logger, silentLogger } from "../log/logger.ts";
+import { Client, connect, type ConnectOptions, LaunchError } from "./client.ts";
+import { ManagerError } from "./errors.ts";
+
+/** Options for {@linkcode runCommand}. */
+export interface RunCommandOptions extends Omit<ConnectOptions, "timeoutMs"> {
+  /** Program and arguments to run on the guest. */
+  argv: string[];
+  /**
+   * How long the guest may stay unreachable or silent, in ms: the first
+   * connection must succeed within it, and a guest that has not answered
+   * for this long is declared lost.
+   */
+  serverTimeoutMs: number;
+  /** Interval between status polls, in ms. */
+  pollIntervalMs: number;
+  /** Where state changes are logged. */
+  logger?: Logger;
+  /** Told once the process has started. */
+  onLaunched?(run: string, pid: number): void;
+}
+
+/** How a command ended. */
+export interface RunOutcome {
+  /** The run's id on the guest. */
+  run: string;
+  /** Its pid on the guest. */
+  pid: number;
+  /** How it ended. */
+  exit: ExitStatus;
+}
+
+const _RETRYABLE = new Set(["unreachable", "lost"]);
+
+function _sleep(ms: number): { promise: Promise<"timer">; cancel(): void } {
+  let id: ReturnType<typeof setTimeout> | undefined;
+  const promise = new Promise<"timer">((r) => id = setTimeout(() => r("timer"), ms));
+  return { promise, cancel: () => clearTimeout(id) };
+}
+
+/**
+ * Connects, retrying with backoff while the guest is unreachable, until
+ * `deadline` (ms since the epoch). Authentication and version failures are
+ * not retried.
+ */
+async function _connectUntil(
+  options: RunCommandOptions,
+  deadline: number,
+  logger: Logger,
+): Promise<Client> {
+  let backoff = 100;
+  let last: ManagerError | null = null;
+  for (;;) {
+    const remaining = deadline - Date.now();
+    if (remaining <= 0) {
+      throw last ??
+        new ManagerError("unreachable", `cannot reach cmappserver at ${options.host}`);
+    }
+    try {
+      return await connect({ ...options, timeoutMs: Math.min(remaining, 10_000) });
+    } catch (e) {
+      if (!(e instanceof ManagerError) || !_RETRYABLE.has(e.kind)) throw e;
+      if (!last || last.message !== e.message) logger.warn(`${e.message}; retrying`);
+      last = e;
+    }
+    const pause = _sleep(Math.min(backoff, Math.max(0, deadline - Date.now())));
+    await pause.promise;
+    backoff = Math.min(backoff * 2, 2000);
+  }
+}
+
+/**
+ * Runs `argv` on the guest and resolves with how it ended.
+ *
+ * @throws {ManagerError} when the guest cannot be reached, authenticated,
+ *   understood, or is lost for longer than `serverTimeoutMs`
+ * @throws {LaunchError} when the guest refuses to start the command
+ * @example
+ * ```ts ignore
+ * import { runCommand } from "./session.ts";
+ * const { exit } = await runCommand({ host: "guest1", identity, trust,
+ *   argv: ["/opt/app/bin/server"], serverTimeoutMs: 30_000, pollIntervalMs: 1000 });
+ * ```
+ */
+export async function runCommand(options: RunCommandOptions): Promise<RunOutcome> {
+  const logger = options.logger ?? silentLogger;
+  const where = `${options.host}:${options.port ?? 5315}`;
+  let client = await _connectUntil(options, Date.now() + options.serverTimeoutMs, logger);
+  let launched: { run: string; pid: number };
+  try {
+    launched = await client.launch(options.argv);
+  } catch (e) {
+    client.close();
+    throw e;
+  }
+  const { run, pid } = launched;
+  logger.info(`started run ${run} pid ${pid} on ${where}: ${JSON.stringify(options.argv)}`);
+  options.onLaunched?.(run, pid);
+  let lastAnswer = client.lastHeard;
+  // An unanswered poll older than this makes us drop the connection and dial again.
+  const stallMs = Math.min(
+    Math.max(3 * options.pollIntervalMs, 3000),
+    Math.max(options.serverTimeoutMs / 2, options.pollIntervalMs),
+  );
+  try {
+    for (;;) {
+      const exit = await _follow(client, run, options.pollIntervalMs, stallMs, () => {
+        lastAnswer = Math.max(lastAnswer, client.lastHeard);
+        return lastAnswer + options.serverTimeoutMs;
+      });
+      if (exit) return { run, pid, exit };
+      lastAnswer = Math.max(lastAnswer, client.lastHeard);
+      const deadline = lastAnswer + options.serverTimeoutMs;
+      if (Date.now() >= deadline) break;
+      client.destroy();
+      logger.warn(
+        `lost contact with cmappserver at ${where}; reconnecting to re-attach run ${run}`,
+      );
+      try {
+        client = await _connectUntil(options, deadline, logger);
+      } catch (e) {
+        if (e instanceof ManagerError && _RETRYABLE.has(e.kind)) break;
+        throw e;
+      }
+      try {
+        const st = await client.status(run);
+        logger.info(`re-attached to run ${run} on ${where} (${st.state})`);
+        if (st.exit) return { run, pid, exit: st.exit };
+      } catch (e) {
+        if (e instanceof LaunchError && e.code === "unknown_run") {
+          throw new ManagerError("run_lost", `cmappserver at ${where}: ${e.message}`);
+        }
+        if (!(e instanceof ManagerError && _RETRYABLE.has(e.kind))) throw e;
+      }
+    }
+    const silent = ((Date.now() - lastAnswer) / 1000).toFixed(1);
+    throw new ManagerError(
+      "lost",
+      `cmappserver at ${where} lost: no answer for ${silent} s (timeout ${
+        options.serverTimeoutMs / 1000
+      } s); run ${run} may still be running on the guest`,
+    );
+  } finally {
+    client.close();
+  }
+}
+
+/**
+ * Follows a run on one connection. Resolves with its exit status, or null
+ * when the connection broke, stalled, or the deadline passed.
+ */
+async function _follow(
+  client: Client,
+  run: string,
+  pollIntervalMs: number,
+  stallMs: number,
+  deadline: () => number,
+): Promise<ExitStatus | null> {
+  let exit: ExitStatus | null = null;
+  const exited = client.wait(run).then((e) => {
+    exit = e;
+    return "exit" as const;
+  });
+  const closed = client.closed.then(() => "closed" as const);
+  let pollSentAt: number | null = null;
+  for (;;) {
+    if (exit) return exit;
+    const now = Date.now();
+    if (now >= deadline()) return null;
+    if (pollSentAt !== null && now - pollSentAt >= stallMs) return null;
+    if (pollSentAt === null) {
+      pollSentAt = now;
+      client.status(run).then(() => pollSentAt = null, () => {});
+    }
+    const tick = _sleep(Math.max(1, Math.min(pollIntervalMs, deadline() - now)));
+    const why = await Promise.race([exited, closed, tick.promise]);
+    tick.cancel();
+    if (exit) return exit;
+    if (why === "closed") return null;
+  }
+}

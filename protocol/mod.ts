@@ -1,0 +1,19 @@
+/**
+ * The cmapp wire protocol: framing, messages, versions, and a message
+ * channel over any byte stream. See docs/PROTOCOL.md.
+ *
+ * @example
+ * ```ts
+ * import { encodeFrame, encodeMessage, FrameDecoder, decodeClientMessage } from "./mod.ts";
+ * const frame = encodeFrame(encodeMessage({ type: "ping", id: 7 }));
+ * const [payload] = new FrameDecoder().push(frame);
+ * decodeClientMessage(payload); // { type: "ping", id: 7 }
+ * ```
+ *
+ * @module
+ */
+export * from "./framing.ts";
+export * from "./messages.ts";
+export * from "./version.ts";
+export * from "./exit_status.ts";
+export * from "./channel.ts";

@@ -1,0 +1,338 @@
+/**
+ * Mutually authenticated TLS sockets with pinned certificates: the server
+ * side (listen, handshake timeout, peer check) and the client side
+ * (connect, peer check, clear errors). Knows nothing of frames.
+ *
+ * @module
+ */
+
+import tls from "node:tls";
+import type { AddressInfo } from "node:net";
+import { certificateFromDer, type CertificateInfo, certificateProblem } from "./certificate.ts";
+import type { Identity, TrustStore } from "./keydir.ts";
+
+/** The TLS socket type handed to upper layers. */
+export type TlsSocket = tls.TLSSocket;
+
+/** The outcome of checking a peer's certificate against our pins. */
+export interface PeerCheck {
+  /** The peer's "address:port". */
+  address: string;
+  /** Fingerprint of the certificate it presented, if any. */
+  fingerprint: string | null;
+  /** The pinned certificate it matched. */
+  info: CertificateInfo | null;
+  /** Why it is refused, or null when it is accepted. */
+  problem: string | null;
+}
+
+function _address(sock: { remoteAddress?: string; remotePort?: number }): string {
+  const host = sock.remoteAddress ?? "?";
+  return `${host.includes(":") ? `[${host}]` : host}:${sock.remotePort ?? "?"}`;
+}
+
+async function _checkPeer(sock: tls.TLSSocket, trust: TrustStore): Promise<PeerCheck> {
+  const address = _address(sock);
+  const raw = sock.getPeerCertificate(true)?.raw;
+  if (!raw || raw.length === 0) {
+    return { address, fingerprint: null, info: null, problem: "presented no certificate" };
+  }
+  const presented = await certificateFromDer(new Uint8Array(raw));
+  const pinned = trust.byFingerprint.get(presented.fingerprint);
+  if (!pinned) {
+    return {
+      address,
+      fingerprint: presented.fingerprint,
+      info: presented,
+      problem: `certificate ${presented.fingerprint} (${presented.subject}) is not in ${trust.dir}`,
+    };
+  }
+  const problem = certificateProblem(pinned);
+  return {
+    address,
+    fingerprint: pinned.fingerprint,
+    info: pinned,
+    problem: problem ? `certificate ${pinned.fingerprint} (${pinned.subject}) ${problem}` : null,
+  };
+}
+
+/** Options for {@linkcode listenTls}. */
+export interface TlsListenOptions {
+  /** Our key and certificate. */
+  identity: Identity;
+  /** The managers we accept. */
+  trust: TrustStore;
+  /** Address to bind. */
+  hostname: string;
+  /** Port to bind; 0 picks a free one. */
+  port: number;
+  /** A client that has not finished the handshake by then is dropped. */
+  handshakeTimeoutMs: number;
+  /** A handshake completed; `peer.problem` says whether to refuse it. */
+  onSecureConnection(socket: TlsSocket, peer: PeerCheck): void;
+  /** A handshake failed (garbage, plaintext, untrusted certificate, timeout). */
+  onHandshakeError(address: string, reason: string): void;
+}
+
+/** A listening mutual-TLS server. */
+export interface TlsListener {
+  /** Bound address. */
+  readonly hostname: string;
+  /** Bound port. */
+  readonly port: number;
+  /** Replaces the trusted certificates for new connections. */
+  setTrust(trust: TrustStore): void;
+  /** Stops listening (live connections are left to their owners). */
+  close(): Promise<void>;
+}
+
+/**
+ * Listens for mutual-TLS clients. Only clients presenting a pinned
+ * certificate complete the handshake; garbage and plaintext are dropped at
+ * once, silent clients after the handshake timeout.
+ *
+ * @example
+ * ```ts ignore
+ * import { listenTls } from "./sockets.ts";
+ * const l = await listenTls({ identity, trust, hostname: "127.0.0.1", port: 0,
+ *   handshakeTimeoutMs: 10_000, onSecureConnection: (s, peer) => {}, onHandshakeError: () => {} });
+ * ```
+ */
+export function listenTls(options: TlsListenOptions): Promise<TlsListener> {
+  let trust = options.trust;
+  const server = tls.createServer({
+    key: options.identity.keyPem,
+    cert: options.identity.certPem,
+    ca: trust.pems,
+    requestCert: true,
+    rejectUnauthorized: true,
+    handshakeTimeout: options.handshakeTimeoutMs,
+    minVersion: "TLSv1.2",
+  });
+  server.on("secureConnection", (sock: tls.TLSSocket) => {
+    sock.setNoDelay(true);
+    // Errors after this point belong to the connection's owner; until it
+    // attaches, keep an unhandled one from crashing the process.
+    sock.on("error", () => {});
+    _checkPeer(sock, trust).then(
+      (peer) => options.onSecureConnection(sock, peer),
+      (e) => {
+        options.onHandshakeError(_address(sock), `unreadable certificate: ${(e as Error).message}`);
+        sock.destroy();
+      },
+    );
+  });
+  server.on("tlsClientError", (err: Error, sock: tls.TLSSocket) => {
+    options.onHandshakeError(sock ? _address(sock) : "?", _tlsReason(err));
+    sock?.destroy();
+  });
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(options.port, options.hostname, () => {
+      server.off("error", reject);
+      server.on("error", () => {});
+      const addr = server.address() as AddressInfo;
+      resolve({
+        hostname: addr.address,
+        port: addr.port,
+        setTrust(next: TrustStore) {
+          trust = next;
+          server.setSecureContext({
+            key: options.identity.keyPem,
+            cert: options.identity.certPem,
+            ca: next.pems,
+          });
+        },
+        close: () => new Promise<void>((res) => server.close(() => res())),
+      });
+    });
+  });
+}
+
+function _tlsReason(err: Error): string {
+  const msg = err.message || String(err);
+  if (/handshake timeout/i.test(msg)) return "did not finish the TLS handshake in time";
+  if (/wrong version number|InvalidContentType|http request|corrupt message/i.test(msg)) {
+    return "sent something that is not TLS (plaintext or garbage)";
+  }
+  if (/UnknownCA|unknown ca|BadCertificate|certificate required|CertificateRequired/i.test(msg)) {
+    return `TLS handshake failed: ${msg} (client certificate not trusted or missing)`;
+  }
+  if (/ECONNRESET|socket hang up|EPIPE/i.test(msg)) {
+    return "closed the connection during the handshake";
+  }
+  return `TLS handshake failed: ${msg}`;
+}
+
+/** What went wrong when connecting. */
+export type TlsConnectErrorKind =
+  /** No TCP connection (refused, unreachable, name not found, timed out). */
+  | "unreachable"
+  /** The server's certificate is not one we trust, or is expired/not yet valid. */
+  | "server_untrusted"
+  /** The TLS handshake failed for another reason (often: the server refused ours). */
+  | "handshake";
+
+/**
+ * A failed connection attempt, with one clear line of explanation.
+ *
+ * @example
+ * ```ts ignore
+ * try { await connectTls(opts); } catch (e) {
+ *   if (e instanceof TlsConnectError && e.kind === "unreachable") retryLater();
+ * }
+ * ```
+ */
+export class TlsConnectError extends Error {
+  /** The category, for exit codes and retries. */
+  readonly kind: TlsConnectErrorKind;
+  /** Builds the error. */
+  constructor(kind: TlsConnectErrorKind, message: string) {
+    super(message);
+    this.name = "TlsConnectError";
+    this.kind = kind;
+  }
+}
+
+/** Options for {@linkcode connectTls}. */
+export interface TlsConnectOptions {
+  /** Server host name or address. */
+  host: string;
+  /** Server port. */
+  port: number;
+  /** Our key and certificate. */
+  identity: Identity;
+  /** The servers we accept. */
+  trust: TrustStore;
+  /** Give up on TCP connect plus handshake after this long. */
+  timeoutMs: number;
+}
+
+/** A connected, verified TLS client socket. */
+export interface TlsConnection {
+  /** The socket. */
+  socket: TlsSocket;
+  /** The server's pinned certificate. */
+  server: CertificateInfo;
+}
+
+function _connectOnce(
+  options: TlsConnectOptions,
+  verify: boolean,
+): Promise<tls.TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const isIp = /^[\d.]+$/.test(options.host) || options.host.includes(":");
+    const sock = tls.connect({
+      host: options.host,
+      port: options.port,
+      key: options.identity.keyPem,
+      cert: options.identity.certPem,
+      ca: options.trust.pems,
+      rejectUnauthorized: verify,
+      servername: isIp ? undefined : options.host,
+      minVersion: "TLSv1.2",
+    });
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(
+        new TlsConnectError(
+          "unreachable",
+          `no TLS connection to ${options.host}:${options.port} within ${options.timeoutMs} ms`,
+        ),
+      );
+    }, options.timeoutMs);
+    sock.once("secureConnect", () => {
+      clearTimeout(timer);
+      sock.off("error", onError);
+      sock.on("error", () => {});
+      sock.setNoDelay(true);
+      resolve(sock);
+    });
+    const onError = (err: Error & { code?: string }) => {
+      clearTimeout(timer);
+      sock.destroy();
+      reject(err);
+    };
+    sock.once("error", onError);
+  });
+}
+
+const _NET_CODES = new Set([
+  "ECONNREFUSED",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "ETIMEDOUT",
+  "ECONNRESET",
+  "EADDRNOTAVAIL",
+]);
+
+/**
+ * Connects to a cmappserver over mutual TLS and checks that it presents a
+ * pinned, currently valid certificate naming `host`. When the handshake
+ * fails on the server's certificate, a second, unverified probe fetches
+ * that certificate only to say precisely what is wrong with it.
+ *
+ * @throws {TlsConnectError}
+ * @example
+ * ```ts ignore
+ * import { connectTls } from "./sockets.ts";
+ * const { socket, server } = await connectTls({ host: "guest1", port: 5315, identity, trust,
+ *   timeoutMs: 10_000 });
+ * ```
+ */
+export async function connectTls(options: TlsConnectOptions): Promise<TlsConnection> {
+  const where = `${options.host}:${options.port}`;
+  let sock: tls.TLSSocket;
+  try {
+    sock = await _connectOnce(options, true);
+  } catch (e) {
+    if (e instanceof TlsConnectError) throw e;
+    const err = e as Error & { code?: string };
+    if (err.code && _NET_CODES.has(err.code)) {
+      throw new TlsConnectError("unreachable", `cannot connect to ${where}: ${err.message}`);
+    }
+    const diagnosis = await _diagnose(options).catch(() => null);
+    if (diagnosis) throw new TlsConnectError("server_untrusted", `${where}: server ${diagnosis}`);
+    throw new TlsConnectError("handshake", `TLS handshake with ${where} failed: ${err.message}`);
+  }
+  let peer: PeerCheck;
+  try {
+    peer = await _checkPeer(sock, options.trust);
+  } catch (e) {
+    sock.destroy();
+    throw new TlsConnectError("server_untrusted", `${where}: ${(e as Error).message}`);
+  }
+  if (peer.problem || !peer.info) {
+    sock.destroy();
+    throw new TlsConnectError("server_untrusted", `${where}: server ${peer.problem}`);
+  }
+  return { socket: sock, server: peer.info };
+}
+
+async function _diagnose(options: TlsConnectOptions): Promise<string | null> {
+  const sock = await _connectOnce(options, false);
+  try {
+    const check = await _checkPeer(sock, options.trust);
+    if (check.problem) return check.problem;
+    if (check.info && !_namesHost(check.info, options.host)) {
+      return `certificate ${check.info.fingerprint} does not name ${options.host} (it names: ${
+        check.info.names.join(", ") || "nothing"
+      }); regenerate it with 'cmappserver keygen -force -name ${options.host}' or connect by one of its names`;
+    }
+    return null;
+  } finally {
+    sock.destroy();
+  }
+}
+
+function _namesHost(info: CertificateInfo, host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[|\]$/g, "");
+  return info.names.some((n) => {
+    const name = n.toLowerCase();
+    if (name === h) return true;
+    return name.startsWith("*.") && h.endsWith(name.slice(1)) &&
+      h.split(".").length === name.split(".").length;
+  });
+}
