@@ -50,8 +50,12 @@ Options (-opt VALUE, --opt VALUE and --opt=VALUE are the same):
   -help                    this text
   -version                 the version
 
-Exit status: 0 after SIGTERM or SIGINT (monitored processes keep running),
-1 when it cannot start serving, 2 for a bad command line or key directory.
+Signals: SIGTERM or SIGINT: tell connected managers, close, exit 0; monitored
+processes keep running. SIGHUP: reload KEYDIR/trusted/*.pem for new connections
+(live connections stay).
+
+Exit status: 0 after SIGTERM or SIGINT, 1 when it cannot start serving, 2 for a
+bad command line or key directory.
 `;
 
 async function main(args: string[]): Promise<number> {
@@ -124,6 +128,15 @@ async function main(args: string[]): Promise<number> {
     return 1;
   }
   logger.info(`certificate ${identity.info.fingerprint}`);
+  Deno.addSignalListener("SIGHUP", () => {
+    loadTrust(keydir, "manager").then(
+      (t) => {
+        server.setTrust(t);
+        logger.info(`SIGHUP: reloaded ${t.byFingerprint.size} trusted manager(s) from ${t.dir}`);
+      },
+      (e) => logger.error(`SIGHUP: kept the previous trusted managers: ${(e as Error).message}`),
+    );
+  });
   const stopped = new Promise<string>((resolve) => {
     for (const sig of ["SIGTERM", "SIGINT"] as const) {
       Deno.addSignalListener(sig, () => resolve(sig));

@@ -10,6 +10,7 @@ import {
   DEFAULT_MAX_FRAME_SIZE,
   type ExitStatus,
   formatVersion,
+  FrameError,
   type LaunchMessage,
   MessageChannel,
   negotiateVersion,
@@ -191,8 +192,14 @@ export class Client {
     }
     const id = this.#nextId++ >>> 0;
     return new Promise((resolve, reject) => {
+      try {
+        this.#channel.send({ ...msg, id } as T);
+      } catch (e) {
+        if (!(e instanceof FrameError)) throw e;
+        reject(new ManagerError("refused", `request too large for the protocol: ${e.message}`));
+        return;
+      }
       this.#pending.set(id, { resolve, reject });
-      this.#channel.send({ ...msg, id } as T);
     });
   }
 
@@ -208,7 +215,14 @@ export class Client {
     }
     if (m.type === "error" && m.id === undefined) {
       // A connection-level error: the server closes after it.
-      const err = new ManagerError(m.code === "version" ? "version" : "protocol", m.message);
+      const kind = m.code === "version"
+        ? "version"
+        : m.code === "shutting_down"
+        ? "lost"
+        : m.code === "unauthorized"
+        ? "rejected"
+        : "protocol";
+      const err = new ManagerError(kind, `cmappserver: ${m.message}`);
       for (const p of this.#pending.values()) p.reject(err);
       this.#pending.clear();
       return;
@@ -257,20 +271,23 @@ export async function connect(options: ConnectOptions): Promise<Client> {
   try {
     tlsConn = await connectTls({ ...options, port, timeoutMs });
   } catch (e) {
-    if (e instanceof TlsConnectError) {
+    if (!(e instanceof TlsConnectError)) throw e;
+    if (e.kind === "peer_closed") {
       throw new ManagerError(
-        e.kind === "unreachable"
-          ? "unreachable"
-          : e.kind === "server_untrusted"
-          ? "server_untrusted"
-          : "protocol",
-        e.message,
+        "rejected",
+        _rejectedMessage(where, options, "during the TLS handshake"),
       );
     }
-    throw e;
+    throw new ManagerError(
+      e.kind === "unreachable"
+        ? "unreachable"
+        : e.kind === "server_untrusted"
+        ? "server_untrusted"
+        : "protocol",
+      e.message,
+    );
   }
   const ours = options.version ?? PROTOCOL_VERSION;
-  const ourFingerprint = options.identity.info.fingerprint;
   return await new Promise<Client>((resolve, reject) => {
     let handler: ClientEvents | null = null;
     let settled = false;
@@ -281,10 +298,7 @@ export async function connect(options: ConnectOptions): Promise<Client> {
       channel.destroy();
       reject(e);
     };
-    const rejectedMessage = (detail: string) =>
-      `cmappserver at ${where} refused our certificate (${ourFingerprint}) ${detail}: copy this ` +
-      `host's cert.pem into the guest's trusted/ directory and send cmappserver SIGHUP, or ` +
-      `renew an expired certificate`;
+    const rejectedMessage = (detail: string) => _rejectedMessage(where, options, detail);
     const channel = new MessageChannel<ServerMessage, ClientMessage>(
       tlsConn.socket,
       decodeServerMessage,
@@ -361,4 +375,10 @@ export async function connect(options: ConnectOptions): Promise<Client> {
     );
     channel.send({ type: "hello", version: { ...ours }, agent: MANAGER_AGENT });
   });
+}
+
+function _rejectedMessage(where: string, options: ConnectOptions, detail: string): string {
+  return `cmappserver at ${where} refused our certificate (${options.identity.info.fingerprint}) ` +
+    `${detail}: copy this host's cert.pem into the guest's trusted/ directory and send ` +
+    `cmappserver SIGHUP, or renew an expired certificate`;
 }

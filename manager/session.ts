@@ -41,6 +41,9 @@ export interface RunOutcome {
 }
 
 const _RETRYABLE = new Set(["unreachable", "lost"]);
+// While re-attaching, a refusal may be a server restarting with a trust
+// store being rewritten: keep trying until the deadline, then report it.
+const _RETRYABLE_REATTACH = new Set(["unreachable", "lost", "rejected"]);
 
 function _sleep(ms: number): { promise: Promise<"timer">; cancel(): void } {
   let id: ReturnType<typeof setTimeout> | undefined;
@@ -57,6 +60,7 @@ async function _connectUntil(
   options: RunCommandOptions,
   deadline: number,
   logger: Logger,
+  retryable: ReadonlySet<string> = _RETRYABLE,
 ): Promise<Client> {
   let backoff = 100;
   let last: ManagerError | null = null;
@@ -69,7 +73,7 @@ async function _connectUntil(
     try {
       return await connect({ ...options, timeoutMs: Math.min(remaining, 10_000) });
     } catch (e) {
-      if (!(e instanceof ManagerError) || !_RETRYABLE.has(e.kind)) throw e;
+      if (!(e instanceof ManagerError) || !retryable.has(e.kind)) throw e;
       if (!last || last.message !== e.message) logger.warn(`${e.message}; retrying`);
       last = e;
     }
@@ -127,9 +131,9 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
         `lost contact with cmappserver at ${where}; reconnecting to re-attach run ${run}`,
       );
       try {
-        client = await _connectUntil(options, deadline, logger);
+        client = await _connectUntil(options, deadline, logger, _RETRYABLE_REATTACH);
       } catch (e) {
-        if (e instanceof ManagerError && _RETRYABLE.has(e.kind)) break;
+        if (e instanceof ManagerError && (e.kind === "unreachable" || e.kind === "lost")) break;
         throw e;
       }
       try {

@@ -57,6 +57,7 @@ export class MessageChannel<In extends Message, Out extends Message> {
   readonly #handlers: ChannelHandlers<In>;
   readonly #maxFrameSize: number;
   #invalid = false;
+  #closing = false;
   #closed = false;
   #streamError: Error | null = null;
 
@@ -79,7 +80,10 @@ export class MessageChannel<In extends Message, Out extends Message> {
     this.#decoder = new FrameDecoder(maxFrameSize);
     stream.on("data", (chunk) => this.#receive(chunk));
     stream.on("end", () => {
-      if (this.#invalid) return;
+      if (this.#invalid || this.#closing) {
+        this.#stream.end();
+        return;
+      }
       try {
         this.#decoder.finish();
       } catch (e) {
@@ -103,9 +107,13 @@ export class MessageChannel<In extends Message, Out extends Message> {
     return this.#closed;
   }
 
-  /** Sends one message as one frame in one write. Ignored after close. */
+  /**
+   * Sends one message as one frame in one write. Ignored once the channel
+   * is closing.
+   * @throws {FrameError} when the message is larger than the frame limit
+   */
   send(message: Out): void {
-    if (this.#closed) return;
+    if (this.#closing || this.#closed) return;
     this.#stream.write(encodeFrame(encodeMessage(message), this.#maxFrameSize));
   }
 
@@ -115,18 +123,24 @@ export class MessageChannel<In extends Message, Out extends Message> {
     this.close();
   }
 
-  /** Closes after pending writes. */
+  /**
+   * Closes after pending writes. Nothing more is sent, and messages still
+   * arriving are dropped.
+   */
   close(): void {
-    if (!this.#closed) this.#stream.end();
+    if (this.#closing || this.#closed) return;
+    this.#closing = true;
+    this.#stream.end();
   }
 
   /** Closes at once, dropping pending writes. */
   destroy(): void {
+    this.#closing = true;
     this.#stream.destroy();
   }
 
   #receive(chunk: Uint8Array): void {
-    if (this.#invalid || this.#closed) return;
+    if (this.#invalid || this.#closing || this.#closed) return;
     let payloads: Uint8Array[];
     try {
       payloads = this.#decoder.push(chunk);
@@ -144,8 +158,10 @@ export class MessageChannel<In extends Message, Out extends Message> {
         return;
       }
       this.#handlers.onMessage(message);
-      if (this.#invalid || this.#closed) return;
+      if (this.#invalid || this.#closing || this.#closed) return;
     }
+    const deferred = this.#decoder.error;
+    if (deferred) this.#reject(deferred);
   }
 
   #reject(error: FrameError | ProtocolError): void {

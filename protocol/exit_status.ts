@@ -56,7 +56,10 @@ export function signalNumber(name: string): number | null {
   const i = _SIGNALS.indexOf(n);
   if (i > 0) return i;
   const rt = /^SIGRTMIN(?:\+(\d+))?$/.exec(n);
-  if (rt) return 34 + Number(rt[1] ?? 0);
+  if (rt) {
+    const n = 34 + Number(rt[1] ?? 0);
+    return n <= 64 ? n : null;
+  }
   return null;
 }
 

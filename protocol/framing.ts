@@ -106,6 +106,9 @@ export class FrameDecoder {
 
   /**
    * Adds received bytes; returns every payload now complete, in order.
+   * When a bad length follows complete frames in the same chunk, those
+   * frames are returned first and the error is thrown by the next call to
+   * `push()` or `finish()` (and is visible at once as {@linkcode error}).
    * @throws {FrameError} on a zero or oversize length
    */
   push(chunk: Uint8Array): Uint8Array[] {
@@ -124,13 +127,19 @@ export class FrameDecoder {
         this.#failed = e as FrameError;
         this.#chunks = [];
         this.#buffered = 0;
-        throw e;
+        if (out.length === 0) throw e;
+        return out;
       }
       if (this.#buffered < FRAME_HEADER_SIZE + length) break;
       this.#take(FRAME_HEADER_SIZE);
       out.push(this.#take(length));
     }
     return out;
+  }
+
+  /** The framing error met so far, if any; the decoder is unusable after one. */
+  get error(): FrameError | null {
+    return this.#failed;
   }
 
   /**

@@ -11,6 +11,7 @@ import {
   type ClientMessage,
   decodeClientMessage,
   formatVersion,
+  MAX_TEXT_LENGTH,
   MessageChannel,
   negotiateVersion,
   PROTOCOL_VERSION,
@@ -35,6 +36,16 @@ export interface ConnectionContext {
   helloTimeoutMs: number;
 }
 
+/** A connection being served. */
+export interface ServedConnection {
+  /** Settles when the connection has closed. */
+  done: Promise<void>;
+  /** Tells the manager the server is going away, then closes. */
+  shutdown(message: string): void;
+  /** Drops the connection at once. */
+  destroy(): void;
+}
+
 /**
  * Serves one authenticated manager until the connection closes. Never
  * throws on input: anything invalid gets an error message and the
@@ -50,7 +61,7 @@ export function serveConnection(
   stream: ByteStream,
   peer: { address: string; fingerprint: string },
   ctx: ConnectionContext,
-): Promise<void> {
+): ServedConnection {
   const { table, logger } = ctx;
   const who = `manager ${peer.address} (${peer.fingerprint.slice(0, 23)}…)`;
   const unsubscribe = new Map<string, () => void>();
@@ -107,7 +118,7 @@ export function serveConnection(
         const r = table.launch(m.argv, peer.fingerprint);
         if ("code" in r) {
           logger.warn(`${who}: launch of ${JSON.stringify(m.argv)} refused: ${r.message}`);
-          channel.send({ type: "error", id: m.id, code: r.code, message: r.message });
+          channel.send({ type: "error", id: m.id, code: r.code, message: _clip(r.message) });
           return;
         }
         logger.info(`${who}: started run ${r.id} pid ${r.pid}: ${JSON.stringify(m.argv)}`);
@@ -139,7 +150,7 @@ export function serveConnection(
 
   const refuse = (code: "protocol" | "version", message: string) => {
     logger.warn(`${who}: ${message}; closing`);
-    channel.sendAndClose({ type: "error", code, message });
+    channel.sendAndClose({ type: "error", code, message: _clip(message) });
   };
 
   const channel = new MessageChannel<ClientMessage, ServerMessage>(stream, decodeClientMessage, {
@@ -166,5 +177,14 @@ export function serveConnection(
     channel.destroy();
   }, ctx.helloTimeoutMs);
 
-  return finished;
+  return {
+    done: finished,
+    shutdown: (message) => channel.sendAndClose({ type: "error", code: "shutting_down", message }),
+    destroy: () => channel.destroy(),
+  };
+}
+
+/** Keeps free text within the protocol's limit (a long argv[0] must not break a reply). */
+function _clip(text: string): string {
+  return text.length <= MAX_TEXT_LENGTH ? text : `${text.slice(0, MAX_TEXT_LENGTH - 1)}…`;
 }

@@ -13,7 +13,7 @@ import {
 } from "../protocol/mod.ts";
 import { type Identity, listenTls, type TlsListener, type TrustStore } from "../tls/mod.ts";
 import { type Logger, silentLogger } from "../log/logger.ts";
-import { serveConnection } from "./connection.ts";
+import { serveConnection, type ServedConnection } from "./connection.ts";
 import { describeRunEnd, RunTable } from "./runs.ts";
 import { spawnProcess } from "./supervisor.ts";
 
@@ -55,7 +55,8 @@ export interface CmappServer {
   /** Replaces the trusted manager certificates for new connections. */
   setTrust(trust: TrustStore): void;
   /**
-   * Stops listening and closes every connection. Monitored processes are
+   * Stops listening, tells every connected manager that the server is
+   * shutting down, and closes the connections. Monitored processes are
    * left running, as when a connection drops.
    */
   close(): Promise<void>;
@@ -87,8 +88,7 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
     spawn: (argv) => spawnProcess(argv),
     onEnded: (run) => logger.info(describeRunEnd(run)),
   });
-  const sockets = new Set<{ destroy(): void }>();
-  const connections = new Set<Promise<void>>();
+  const connections = new Set<ServedConnection>();
   const listener: TlsListener = await listenTls({
     identity: options.identity,
     trust: options.trust,
@@ -111,8 +111,7 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
         return;
       }
       logger.info(`accepted manager ${peer.address} (${peer.fingerprint})`);
-      sockets.add(socket);
-      const done = serveConnection(socket, {
+      const conn = serveConnection(socket, {
         address: peer.address,
         fingerprint: peer.fingerprint,
       }, {
@@ -121,11 +120,8 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
         maxFrameSize,
         helloTimeoutMs: handshakeTimeoutMs,
       });
-      connections.add(done);
-      done.then(() => {
-        sockets.delete(socket);
-        connections.delete(done);
-      });
+      connections.add(conn);
+      conn.done.then(() => connections.delete(conn));
     },
   });
   logger.info(
@@ -139,8 +135,14 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
     setTrust: (t) => listener.setTrust(t),
     async close() {
       const closing = listener.close();
-      for (const s of sockets) s.destroy();
-      await Promise.all([closing, ...connections]);
+      const all = [...connections];
+      for (const c of all) {
+        c.shutdown(`cmappserver is shutting down; ${table.running} process(es) keep running`);
+      }
+      // A manager that does not close its side in time is dropped.
+      const timer = setTimeout(() => all.forEach((c) => c.destroy()), 2000);
+      await Promise.all([closing, ...all.map((c) => c.done)]);
+      clearTimeout(timer);
     },
   };
 }

@@ -72,13 +72,21 @@ export function spawnProcess(
     }
     return { code: "spawn_failed", message: `${argv[0]}: ${(e as Error).message}` };
   }
-  const exited = child.status.then((s): ExitStatus => {
-    if (s.signal) {
-      const n = signalNumber(s.signal);
-      if (n !== null) return { signal: n };
-    }
-    return { code: s.code & 0xff };
-  });
+  const exited = child.status.then(
+    (s): ExitStatus => {
+      if (s.signal) {
+        const n = signalNumber(s.signal);
+        if (n !== null) return { signal: n };
+      }
+      return { code: s.code & 0xff };
+    },
+    (e): ExitStatus => {
+      // Deno cannot name real-time signals (34..64) and rejects with
+      // "Invalid signal: N"; the process has been reaped all the same.
+      const n = Number(/signal:? *(\d+)/i.exec(String((e as Error)?.message))?.[1]);
+      return n >= 1 && n <= 127 ? { signal: n } : { code: 255 };
+    },
+  );
   return { pid: child.pid, exited };
 }
 

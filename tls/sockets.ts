@@ -26,9 +26,14 @@ export interface PeerCheck {
   problem: string | null;
 }
 
-function _address(sock: { remoteAddress?: string; remotePort?: number }): string {
-  const host = sock.remoteAddress ?? "?";
-  return `${host.includes(":") ? `[${host}]` : host}:${sock.remotePort ?? "?"}`;
+type _Peer = { remoteAddress?: string; remotePort?: number; _parent?: _Peer };
+
+function _address(sock: _Peer): string {
+  // Before the handshake completes, Node's TLS socket may not know the
+  // address yet; the TCP socket under it (_parent) does.
+  const s = sock.remoteAddress ? sock : (sock._parent ?? sock);
+  const host = s.remoteAddress ?? "?";
+  return `${host.includes(":") ? `[${host}]` : host}:${s.remotePort ?? "?"}`;
 }
 
 async function _checkPeer(sock: tls.TLSSocket, trust: TrustStore): Promise<PeerCheck> {
@@ -123,7 +128,7 @@ export function listenTls(options: TlsListenOptions): Promise<TlsListener> {
     );
   });
   server.on("tlsClientError", (err: Error, sock: tls.TLSSocket) => {
-    options.onHandshakeError(sock ? _address(sock) : "?", _tlsReason(err));
+    options.onHandshakeError(sock ? _address(sock as _Peer) : "?", _tlsReason(err));
     sock?.destroy();
   });
   return new Promise((resolve, reject) => {
@@ -170,7 +175,9 @@ export type TlsConnectErrorKind =
   | "unreachable"
   /** The server's certificate is not one we trust, or is expired/not yet valid. */
   | "server_untrusted"
-  /** The TLS handshake failed for another reason (often: the server refused ours). */
+  /** The server hung up during the handshake: it most likely refused our certificate. */
+  | "peer_closed"
+  /** The TLS handshake failed for another reason. */
   | "handshake";
 
 /**
@@ -216,11 +223,14 @@ export interface TlsConnection {
   server: CertificateInfo;
 }
 
+type _ConnectFailure = Error & { code?: string; tcpConnected?: boolean };
+
 function _connectOnce(
   options: TlsConnectOptions,
   verify: boolean,
 ): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
+    let tcpConnected = false;
     const isIp = /^[\d.]+$/.test(options.host) || options.host.includes(":");
     const sock = tls.connect({
       host: options.host,
@@ -248,9 +258,11 @@ function _connectOnce(
       sock.setNoDelay(true);
       resolve(sock);
     });
-    const onError = (err: Error & { code?: string }) => {
+    sock.once("connect", () => tcpConnected = true);
+    const onError = (err: _ConnectFailure) => {
       clearTimeout(timer);
       sock.destroy();
+      err.tcpConnected = tcpConnected;
       reject(err);
     };
     sock.once("error", onError);
@@ -289,7 +301,13 @@ export async function connectTls(options: TlsConnectOptions): Promise<TlsConnect
     sock = await _connectOnce(options, true);
   } catch (e) {
     if (e instanceof TlsConnectError) throw e;
-    const err = e as Error & { code?: string };
+    const err = e as _ConnectFailure;
+    if (err.tcpConnected && (err.code === "ECONNRESET" || err.code === "EPIPE")) {
+      throw new TlsConnectError(
+        "peer_closed",
+        `${where} closed the connection during the TLS handshake`,
+      );
+    }
     if (err.code && _NET_CODES.has(err.code)) {
       throw new TlsConnectError("unreachable", `cannot connect to ${where}: ${err.message}`);
     }

@@ -1,0 +1,296 @@
+/**
+ * Test harness: temporary key directories, and the real cmappserver and
+ * cmappmgr programs started as child processes on 127.0.0.1.
+ *
+ * Set CMAPP_BUNDLE_DIR to a directory holding cmappserver.js and
+ * cmappmgr.js (from `deno task bundle`) to test the bundles instead of the
+ * sources.
+ *
+ * @module
+ */
+
+import { generateIdentity, type GenerateOptions } from "../tls/mod.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+const CONFIG = `${ROOT}/deno.json`;
+
+/** Arguments that run one of our programs with the project's permission set. */
+export function programCommand(program: "cmappserver" | "cmappmgr"): string[] {
+  const bundleDir = Deno.env.get("CMAPP_BUNDLE_DIR");
+  const entry = bundleDir ? `${bundleDir}/${program}.js` : `${ROOT}/cli/${program}.ts`;
+  const cached = bundleDir ? ["--cached-only"] : [];
+  return ["run", "-q", "--no-prompt", "--config", CONFIG, "-P=cmapp", ...cached, entry];
+}
+
+/** A temporary directory removed by `cleanup`. */
+export interface TempDir {
+  path: string;
+  cleanup(): Promise<void>;
+}
+
+/** Makes a temporary directory. */
+export async function tempDir(): Promise<TempDir> {
+  const path = await Deno.makeTempDir({ prefix: "cmapp-test-" });
+  return { path, cleanup: () => Deno.remove(path, { recursive: true }) };
+}
+
+/** Writes a key directory with a fresh identity; returns its cert PEM. */
+export async function writeIdentity(
+  dir: string,
+  options: Partial<GenerateOptions> = {},
+): Promise<{ certPem: string; fingerprint: string }> {
+  const id = await generateIdentity({
+    commonName: options.commonName ?? "test",
+    names: options.names ?? ["127.0.0.1", "localhost"],
+    ...options,
+  });
+  await Deno.mkdir(`${dir}/trusted`, { recursive: true });
+  await Deno.writeTextFile(`${dir}/key.pem`, id.keyPem, { mode: 0o600 });
+  await Deno.chmod(`${dir}/key.pem`, 0o600);
+  await Deno.writeTextFile(`${dir}/cert.pem`, id.certPem);
+  return { certPem: id.certPem, fingerprint: id.info.fingerprint };
+}
+
+/** Adds a certificate to a key directory's trusted/. */
+export async function trust(dir: string, name: string, certPem: string): Promise<void> {
+  await Deno.mkdir(`${dir}/trusted`, { recursive: true });
+  await Deno.writeTextFile(`${dir}/trusted/${name}.pem`, certPem);
+}
+
+/** A server key dir and a manager key dir that trust each other. */
+export interface KeyPair {
+  root: TempDir;
+  server: string;
+  manager: string;
+}
+
+/** Makes a server and a manager key directory that trust each other. */
+export async function makeKeys(): Promise<KeyPair> {
+  const root = await tempDir();
+  const server = `${root.path}/server`;
+  const manager = `${root.path}/manager`;
+  const s = await writeIdentity(server, { commonName: "cmappserver@test" });
+  const m = await writeIdentity(manager, { commonName: "cmappmgr@test" });
+  await trust(server, "manager", m.certPem);
+  await trust(manager, "server", s.certPem);
+  return { root, server, manager };
+}
+
+/** A running cmappserver child process. */
+export interface ServerProcess {
+  port: number;
+  pid: number;
+  /** Everything it has logged so far. */
+  log(): string;
+  /** Waits until its log matches `pattern` (or fails after `ms`). */
+  waitForLog(pattern: RegExp, ms?: number): Promise<void>;
+  /** SIGTERM, then waits for it to exit; returns its exit code. */
+  stop(): Promise<number>;
+}
+
+/** Starts cmappserver on 127.0.0.1 with an ephemeral port. */
+export async function startServerProcess(
+  keydir: string,
+  extraArgs: string[] = [],
+): Promise<ServerProcess> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      ...programCommand("cmappserver"),
+      "-keydir",
+      keydir,
+      "-bind",
+      "127.0.0.1",
+      "-port",
+      "0",
+      "-loglevel",
+      "debug",
+      ...extraArgs,
+    ],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let text = "";
+  const waiters = new Set<() => void>();
+  const decoder = new TextDecoder();
+  const reading = (async () => {
+    for await (const chunk of child.stderr) {
+      text += decoder.decode(chunk, { stream: true });
+      for (const w of waiters) w();
+    }
+    for (const w of waiters) w();
+  })();
+  let exited = false;
+  const status = child.status.then((s) => {
+    exited = true;
+    return s;
+  });
+  const waitForLog = async (pattern: RegExp, ms = 20_000): Promise<void> => {
+    const deadline = Date.now() + ms;
+    while (!pattern.test(text)) {
+      if (exited) throw new Error(`cmappserver exited; log:\n${text}`);
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`no ${pattern} in cmappserver log:\n${text}`);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await new Promise<void>((resolve) => {
+        const w = () => resolve();
+        waiters.add(w);
+        timer = setTimeout(w, Math.min(left, 200));
+      }).finally(() => clearTimeout(timer));
+      waiters.clear();
+    }
+  };
+  try {
+    await waitForLog(/listening on 127\.0\.0\.1:(\d+)/);
+  } catch (e) {
+    if (!exited) child.kill("SIGKILL");
+    await status;
+    await reading;
+    throw e;
+  }
+  const port = Number(/listening on 127\.0\.0\.1:(\d+)/.exec(text)![1]);
+  return {
+    port,
+    pid: child.pid,
+    log: () => text,
+    waitForLog,
+    async stop() {
+      if (!exited) child.kill("SIGTERM");
+      const s = await status;
+      await reading;
+      return s.code;
+    },
+  };
+}
+
+/** The outcome of one cmappmgr run. */
+export interface MgrResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs cmappmgr with `args` to its end. */
+export async function runMgr(args: string[], stdin?: string): Promise<MgrResult> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [...programCommand("cmappmgr"), ...args],
+    stdin: stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (stdin !== undefined) {
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode(stdin));
+    await w.close();
+  }
+  const out = await child.output();
+  const d = new TextDecoder();
+  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+}
+
+/** Runs cmappserver with `args` to its end (keygen, usage errors). */
+export async function runServerCli(args: string[]): Promise<MgrResult> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [...programCommand("cmappserver"), ...args],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const d = new TextDecoder();
+  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+}
+
+/** cmappmgr arguments that reach `server` with the manager keys of `keys`. */
+export function mgrArgs(keys: KeyPair, server: ServerProcess, ...more: string[]): string[] {
+  return ["-node", "127.0.0.1", "-port", String(server.port), "-keydir", keys.manager, ...more];
+}
+
+/** True while a process (or process group, for a negative id) exists. */
+export function alive(pid: number): boolean {
+  try {
+    Deno.kill(pid, "SIGCONT");
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Kills a process group if it still exists. */
+export function killGroup(pgid: number): void {
+  try {
+    Deno.kill(-pgid, "SIGKILL");
+  } catch {
+    // already gone
+  }
+}
+
+/** Polls `check` every 50 ms until true, or throws after `ms`. */
+export async function eventually(
+  what: string,
+  check: () => boolean | Promise<boolean>,
+  ms = 20_000,
+): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** A raw authenticated TLS connection for sending hand-made bytes. */
+export interface RawTls {
+  /** Sends bytes as they are. */
+  write(bytes: Uint8Array): void;
+  /** Resolves with every frame payload received until the server closes. */
+  readUntilClose(): Promise<Uint8Array[]>;
+  /** Resolves with the first `n` frame payloads (fails if the server closes first). */
+  readFrames(n: number): Promise<Uint8Array[]>;
+  /** Closes our side. */
+  close(): Promise<void>;
+}
+
+/** Opens a mutual-TLS connection with the manager keys of `keydir`. */
+export async function rawTls(keydir: string, port: number): Promise<RawTls> {
+  const { connectTls, loadIdentity, loadTrust } = await import("../tls/mod.ts");
+  const { FrameDecoder } = await import("../protocol/mod.ts");
+  const { socket } = await connectTls({
+    host: "127.0.0.1",
+    port,
+    identity: await loadIdentity(keydir),
+    trust: await loadTrust(keydir),
+    timeoutMs: 10_000,
+  });
+  const frames: Uint8Array[] = [];
+  const decoder = new FrameDecoder();
+  let notify = () => {};
+  let isClosed = false;
+  const closed = new Promise<void>((resolve) => {
+    socket.on("data", (chunk: Uint8Array) => {
+      frames.push(...decoder.push(chunk));
+      notify();
+    });
+    socket.on("close", () => {
+      isClosed = true;
+      notify();
+      resolve();
+    });
+  });
+  return {
+    write: (bytes) => void socket.write(bytes),
+    async readUntilClose() {
+      await closed;
+      return frames;
+    },
+    async readFrames(n) {
+      while (frames.length < n) {
+        if (isClosed) throw new Error(`connection closed after ${frames.length} of ${n} frames`);
+        await new Promise<void>((r) => notify = r);
+      }
+      return frames.slice(0, n);
+    },
+    async close() {
+      socket.destroy();
+      await closed;
+    },
+  };
+}
