@@ -94,6 +94,7 @@ export class Client {
   readonly #exitWaiters = new Map<string, Set<(e: ExitStatus) => void>>();
   readonly #closed: Promise<Error | null>;
   #closeError: Error | null | undefined = undefined;
+  #serverError: ManagerError | null = null;
   #nextId = 1;
 
   /** @internal use {@linkcode connect} */
@@ -113,7 +114,7 @@ export class Client {
       message: (m) => this.#receive(m),
       closed: (e) => {
         this.#closeError = e;
-        const err = new ManagerError(
+        const err = this.#serverError ?? new ManagerError(
           "lost",
           `connection to cmappserver closed${e ? `: ${e.message}` : ""}`,
         );
@@ -127,6 +128,11 @@ export class Client {
   /** Settles when the connection closes, with the error if it broke. */
   get closed(): Promise<Error | null> {
     return this.#closed;
+  }
+
+  /** The connection-level error the server sent before closing, if any. */
+  get serverError(): ManagerError | null {
+    return this.#serverError;
   }
 
   /** True once the connection has closed. */
@@ -223,6 +229,7 @@ export class Client {
         ? "rejected"
         : "protocol";
       const err = new ManagerError(kind, `cmappserver: ${m.message}`);
+      this.#serverError = err;
       for (const p of this.#pending.values()) p.reject(err);
       this.#pending.clear();
       return;

@@ -64,13 +64,16 @@ export function spawnProcess(
       stderr: "null",
     }).spawn();
   } catch (e) {
+    const name = argv[0].length > 200 ? `${argv[0].slice(0, 200)}…` : argv[0];
     if (e instanceof Deno.errors.NotFound) {
-      return { code: "not_found", message: `${argv[0]}: command not found` };
+      return { code: "not_found", message: `${name}: command not found` };
     }
     if (e instanceof Deno.errors.PermissionDenied) {
-      return { code: "not_executable", message: `${argv[0]}: permission denied` };
+      return { code: "not_executable", message: `${name}: permission denied` };
     }
-    return { code: "spawn_failed", message: `${argv[0]}: ${(e as Error).message}` };
+    // Deno's message repeats the program name: keep only the reason.
+    const reason = (e as Error).message.replace(/^Failed to spawn '[\s\S]*?': /, "");
+    return { code: "spawn_failed", message: `${name}: ${reason}` };
   }
   const exited = child.status.then(
     (s): ExitStatus => {
