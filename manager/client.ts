@@ -30,7 +30,7 @@ import {
   TlsConnectError,
   type TrustStore,
 } from "../tls/mod.ts";
-import { ManagerError } from "./errors.ts";
+import { ManagerError, type ManagerErrorKind } from "./errors.ts";
 
 /** Agent string sent in the manager's hello. */
 export const MANAGER_AGENT = `cmappmgr ${SOFTWARE_VERSION}`;
@@ -221,14 +221,7 @@ export class Client {
     }
     if (m.type === "error" && m.id === undefined) {
       // A connection-level error: the server closes after it.
-      const kind = m.code === "version"
-        ? "version"
-        : m.code === "shutting_down"
-        ? "lost"
-        : m.code === "unauthorized"
-        ? "rejected"
-        : "protocol";
-      const err = new ManagerError(kind, `cmappserver: ${m.message}`);
+      const err = new ManagerError(_kindOf(m.code), `cmappserver: ${m.message}`);
       this.#serverError = err;
       for (const p of this.#pending.values()) p.reject(err);
       this.#pending.clear();
@@ -339,11 +332,7 @@ export async function connect(options: ConnectOptions): Promise<Client> {
           if (m.type === "error") {
             fail(
               new ManagerError(
-                m.code === "unauthorized"
-                  ? "rejected"
-                  : m.code === "version"
-                  ? "version"
-                  : "protocol",
+                _kindOf(m.code),
                 m.code === "unauthorized"
                   ? rejectedMessage(`(${m.message})`)
                   : `cmappserver at ${where}: ${m.message}`,
@@ -388,4 +377,18 @@ function _rejectedMessage(where: string, options: ConnectOptions, detail: string
   return `cmappserver at ${where} refused our certificate (${options.identity.info.fingerprint}) ` +
     `${detail}: copy this host's cert.pem into the guest's trusted/ directory and send ` +
     `cmappserver SIGHUP, or renew an expired certificate`;
+}
+
+/** How a connection-level error from the server counts on our side. */
+function _kindOf(code: ErrorMessage["code"]): ManagerErrorKind {
+  switch (code) {
+    case "version":
+      return "version";
+    case "shutting_down":
+      return "lost";
+    case "unauthorized":
+      return "rejected";
+    default:
+      return "protocol";
+  }
 }

@@ -23,6 +23,8 @@ export interface ByteStream {
   on(event: "end" | "close", listener: () => void): unknown;
   /** Subscribes to the stream's events. */
   on(event: "error", listener: (err: Error) => void): unknown;
+  /** True once the stream is closed (it will emit no more events). */
+  readonly destroyed?: boolean;
 }
 
 /** What a channel reports to its owner. */
@@ -62,6 +64,7 @@ export class MessageChannel<In extends Message, Out extends Message> {
   #streamError: Error | null = null;
 
   /**
+   * Attaches to `stream` and starts handling its events.
    * @param stream the connected byte stream
    * @param decode validator for incoming payloads
    * @param handlers event callbacks
@@ -95,11 +98,14 @@ export class MessageChannel<In extends Message, Out extends Message> {
     stream.on("error", (err) => {
       this.#streamError ??= err;
     });
-    stream.on("close", () => {
+    const onClose = () => {
       if (this.#closed) return;
       this.#closed = true;
       this.#handlers.onClose(this.#streamError);
-    });
+    };
+    stream.on("close", onClose);
+    // A stream that closed before we subscribed will not say so again.
+    if (stream.destroyed) queueMicrotask(onClose);
   }
 
   /** True once the underlying stream has closed. */

@@ -91,7 +91,11 @@ export class FrameDecoder {
   #buffered = 0;
   #failed: FrameError | null = null;
 
-  /** @param maxFrameSize largest payload accepted, in bytes */
+  /**
+   * Creates a decoder with an empty buffer.
+   * @param maxFrameSize largest payload accepted, in bytes
+   * @throws {RangeError} when `maxFrameSize` is not an integer from 1 to 2³²−1
+   */
   constructor(maxFrameSize: number = DEFAULT_MAX_FRAME_SIZE) {
     if (!Number.isInteger(maxFrameSize) || maxFrameSize < 1 || maxFrameSize > 0xffffffff) {
       throw new RangeError(`invalid maximum frame size: ${maxFrameSize}`);

@@ -46,7 +46,9 @@ const ERROR_CODES: ReadonlySet<string> = new Set<ErrorCode>([
 
 /** First message of either side. */
 export interface HelloMessage {
+  /** Message type. */
   type: "hello";
+  /** Protocol version the sender speaks. */
   version: ProtocolVersion;
   /** Free text naming the software, e.g. "cmappmgr 0.1.0". */
   agent: string;
@@ -60,7 +62,9 @@ export interface ServerHelloMessage extends HelloMessage {
 
 /** Asks the server to start a process. */
 export interface LaunchMessage {
+  /** Message type. */
   type: "launch";
+  /** Request id, copied into the reply. */
   id: number;
   /** Program and arguments, run directly (no shell). */
   argv: string[];
@@ -68,31 +72,45 @@ export interface LaunchMessage {
 
 /** Asks for the state of a run; also serves as the heartbeat. */
 export interface StatusMessage {
+  /** Message type. */
   type: "status";
+  /** Request id, copied into the reply. */
   id: number;
+  /** The run asked about, as named by the server. */
   run: string;
 }
 
 /** Liveness probe without side effects. */
 export interface PingMessage {
+  /** Message type. */
   type: "ping";
+  /** Request id, copied into the reply. */
   id: number;
 }
 
 /** The process was started. */
 export interface LaunchedMessage {
+  /** Message type. */
   type: "launched";
+  /** Id of the launch request. */
   id: number;
+  /** Server-assigned run id. */
   run: string;
+  /** Process id on the guest (also its process group and session id). */
   pid: number;
 }
 
 /** Answer to a status request. */
 export interface RunStatusMessage {
+  /** Message type. */
   type: "run_status";
+  /** Id of the status request. */
   id: number;
+  /** The run. */
   run: string;
+  /** Its process id on the guest. */
   pid: number;
+  /** Whether the process is still running. */
   state: "running" | "exited";
   /** Present exactly when state is "exited". */
   exit?: ExitStatus;
@@ -100,22 +118,31 @@ export interface RunStatusMessage {
 
 /** Pushed, unasked, to the connections following a run when it ends. */
 export interface ExitedMessage {
+  /** Message type. */
   type: "exited";
+  /** The run that ended. */
   run: string;
+  /** How it ended. */
   exit: ExitStatus;
 }
 
 /** Answer to a ping. */
 export interface PongMessage {
+  /** Message type. */
   type: "pong";
+  /** Id of the ping. */
   id: number;
 }
 
 /** A refusal. Without an id it concerns the connection, which is then closed. */
 export interface ErrorMessage {
+  /** Message type. */
   type: "error";
+  /** Id of the refused request; absent when the error concerns the connection. */
   id?: number;
+  /** Why, for programs. */
   code: ErrorCode;
+  /** Why, in one line for people (at most {@linkcode MAX_TEXT_LENGTH} characters). */
   message: string;
 }
 

@@ -29,7 +29,9 @@ export interface Run {
 
 /** Launch refused because the table is full. */
 export interface LimitRefusal {
+  /** Always "limit". */
   code: "limit";
+  /** One line for the manager. */
   message: string;
 }
 
@@ -66,7 +68,10 @@ export class RunTable {
   readonly #listeners = new Map<string, Set<ExitListener>>();
   #running = 0;
 
-  /** @param options limits and the spawn function */
+  /**
+   * Creates an empty table.
+   * @param options limits and the spawn function
+   */
   constructor(options: RunTableOptions) {
     this.#options = { maxFinished: 1000, onEnded: () => {}, ...options };
   }

@@ -9,6 +9,7 @@ import {
   DEFAULT_MAX_FRAME_SIZE,
   encodeFrame,
   encodeMessage,
+  MAX_TEXT_LENGTH,
   type ServerMessage,
 } from "../protocol/mod.ts";
 import { type Identity, listenTls, type TlsListener, type TrustStore } from "../tls/mod.ts";
@@ -104,7 +105,10 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
         const refusal: ServerMessage = {
           type: "error",
           code: "unauthorized",
-          message: `cmappserver refuses your certificate: ${peer.problem}`,
+          message: `cmappserver refuses your certificate: ${peer.problem}`.slice(
+            0,
+            MAX_TEXT_LENGTH,
+          ),
         };
         socket.end(encodeFrame(encodeMessage(refusal)));
         setTimeout(() => socket.destroy(), 1000).unref?.();

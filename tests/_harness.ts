@@ -10,17 +10,9 @@
  */
 
 import { generateIdentity, type GenerateOptions } from "../tls/mod.ts";
+import { programCommand } from "../tools/_programs.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
-const CONFIG = `${ROOT}/deno.json`;
-
-/** Arguments that run one of our programs with the project's permission set. */
-export function programCommand(program: "cmappserver" | "cmappmgr"): string[] {
-  const bundleDir = Deno.env.get("CMAPP_BUNDLE_DIR");
-  const entry = bundleDir ? `${bundleDir}/${program}.js` : `${ROOT}/cli/${program}.ts`;
-  const cached = bundleDir ? ["--cached-only"] : [];
-  return ["run", "-q", "--no-prompt", "--config", CONFIG, "-P=cmapp", ...cached, entry];
-}
+export { programCommand };
 
 /** A temporary directory removed by `cleanup`. */
 export interface TempDir {

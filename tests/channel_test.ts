@@ -411,3 +411,17 @@ Deno.test({
     assert.deepEqual(stream.calls, ["write", "end"]);
   },
 });
+
+Deno.test("channel: a stream already closed when the channel is made reports close once", async () => {
+  const stream = Object.assign(new FakeStream(), { destroyed: true });
+  const closes: (Error | null)[] = [];
+  new MessageChannel<ClientMessage, ServerMessage>(stream, decodeClientMessage, {
+    onMessage: () => {},
+    onInvalid: () => {},
+    onClose: (e) => closes.push(e),
+  });
+  await Promise.resolve();
+  assert.deepEqual(closes, [null]);
+  stream.emit("close");
+  assert.deepEqual(closes, [null]);
+});

@@ -120,7 +120,13 @@ export function listenTls(options: TlsListenOptions): Promise<TlsListener> {
     // attaches, keep an unhandled one from crashing the process.
     sock.on("error", () => {});
     _checkPeer(sock, trust).then(
-      (peer) => options.onSecureConnection(sock, peer),
+      (peer) => {
+        if (sock.destroyed) {
+          options.onHandshakeError(peer.address, "closed the connection right after the handshake");
+          return;
+        }
+        options.onSecureConnection(sock, peer);
+      },
       (e) => {
         options.onHandshakeError(_address(sock), `unreadable certificate: ${(e as Error).message}`);
         sock.destroy();
