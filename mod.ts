@@ -52,16 +52,33 @@ export {
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   DEFAULT_MAX_PROCESSES,
   DEFAULT_PORT,
+  DEFAULT_STATE_DIR,
   type ServerOptions,
   startServer,
 } from "./server/mod.ts";
-export type { ExitListener, LimitRefusal, Run, RunTable, RunTableOptions } from "./server/runs.ts";
-export type { SpawnedProcess, SpawnFailure } from "./server/supervisor.ts";
+export type {
+  ExitListener,
+  Refusal,
+  Run,
+  RunLaunchOptions,
+  RunTable,
+  RunTableOptions,
+} from "./server/runs.ts";
+export type { LaunchPolicy, LaunchRequest } from "./server/policy.ts";
+export type { RunRecord, RunStore, StoredRun } from "./server/store.ts";
+export type {
+  SpawnedProcess,
+  SpawnFailure,
+  SpawnRequest,
+  SupervisorKind,
+} from "./server/supervisor.ts";
 export {
   Client,
   connect,
   type ConnectOptions,
+  type Launched,
   LaunchError,
+  type LaunchOptions,
   ManagerError,
   type ManagerErrorKind,
   runCommand,
@@ -85,3 +102,4 @@ export {
   type WriteKeyDirOptions,
 } from "./tls/mod.ts";
 export { createLogger, type Logger, type LoggerOptions, type LogLevel } from "./log/logger.ts";
+export type { LogSink } from "./log/sinks.ts";

@@ -40,6 +40,9 @@ Options (-opt VALUE, --opt VALUE and --opt=VALUE are the same; options end at
 the first argument that is not one, or at --):
   -node HOST                 the guest running cmappserver (required)
   -port N                    its TCP port (default 5315)
+  -service_name NAME         the run's name on the guest: a launch under a name
+                             that is still running attaches to it instead of
+                             starting a second copy (default: derived from COMMAND)
   -keydir DIR                key directory: key.pem, cert.pem and trusted/*.pem,
                              the guests we trust (default ${DEFAULT_KEYDIR})
   -cmappserver_timeout SECS  how long the guest may stay unreachable or silent
@@ -76,10 +79,11 @@ async function main(args: string[]): Promise<number> {
     }, args.slice(1));
   }
   let node: string, port: number, keydir: string, timeoutMs: number, pollMs: number;
-  let level: LogLevel, argv: string[];
+  let level: LogLevel, argv: string[], serviceName: string;
   try {
     const { values, rest } = parseArgs(args, {
       node: { type: "string" },
+      service_name: { type: "string" },
       port: { type: "string" },
       keydir: { type: "string" },
       cmappserver_timeout: { type: "string" },
@@ -100,6 +104,7 @@ async function main(args: string[]): Promise<number> {
     if (!node) throw new UsageError("-node HOST is required");
     if (rest.length === 0) throw new UsageError("no command given");
     argv = rest;
+    serviceName = stringOption(values, "service_name", "");
     port = intOption(values, "port", 5315, 1, 65535);
     keydir = stringOption(values, "keydir", DEFAULT_KEYDIR);
     timeoutMs = secondsOption(values, "cmappserver_timeout", 30, 0.1, 86400);
@@ -129,6 +134,7 @@ async function main(args: string[]): Promise<number> {
       identity,
       trust,
       argv,
+      launch: serviceName ? { name: serviceName } : undefined,
       serverTimeoutMs: timeoutMs,
       pollIntervalMs: pollMs,
       logger,

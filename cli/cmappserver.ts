@@ -1,20 +1,23 @@
 /**
- * cmappserver: the guest daemon's command line. Arguments, key loading and
- * exit statuses; the daemon itself is server/.
+ * cmappserver: the guest daemon's command line. Arguments, the
+ * configuration file, key loading, logging destinations, signals and exit
+ * statuses; the daemon itself is server/.
  *
  * Exit status: 0 after SIGTERM or SIGINT, 1 when it cannot start serving
- * (e.g. the port is taken), 2 for a bad command line or an unusable key
- * directory.
+ * (e.g. the port is taken), 2 for a bad command line, configuration file or
+ * key directory.
  *
  * @module
  */
 
 import { createLogger, type LogLevel, parseLogLevel } from "../log/logger.ts";
+import { FileSink, type LogSink, stderrSink, SyslogSink } from "../log/sinks.ts";
 import { formatVersion, PROTOCOL_VERSION, SOFTWARE_VERSION } from "../protocol/mod.ts";
 import {
-  DEFAULT_HANDSHAKE_TIMEOUT_MS,
+  type CmappServer,
   DEFAULT_MAX_PROCESSES,
   DEFAULT_PORT,
+  DEFAULT_STATE_DIR,
   startServer,
 } from "../server/mod.ts";
 import {
@@ -24,38 +27,84 @@ import {
   loadTrust,
   type TrustStore,
 } from "../tls/mod.ts";
-import { intOption, parseArgs, secondsOption, stringOption, UsageError } from "./_args.ts";
+import { type OptionSpec, parseArgs, UsageError } from "./_args.ts";
+import { mergeSettings, readConfig } from "./_config.ts";
 import { printErr, printOut } from "./_io.ts";
 import { runKeygen } from "./_keygen.ts";
 
 const PROGRAM = "cmappserver";
 const DEFAULT_KEYDIR = "/etc/cmappserver";
+const DEFAULT_CONFIG = "/etc/cmappserver.conf";
+
+const SPEC: Record<string, OptionSpec> = {
+  config: { type: "string" },
+  keydir: { type: "string" },
+  bind: { type: "string" },
+  port: { type: "string" },
+  statedir: { type: "string" },
+  max_processes: { type: "string" },
+  max_connections: { type: "string" },
+  handshake_timeout: { type: "string" },
+  idle_timeout: { type: "string" },
+  max_frame: { type: "string" },
+  max_argv_bytes: { type: "string" },
+  max_env_bytes: { type: "string" },
+  keep_finished: { type: "string" },
+  keep_finished_for: { type: "string" },
+  stop_timeout: { type: "string" },
+  stop_on_exit: { type: "string" },
+  allow_exec: { type: "string", multiple: true },
+  allow_user: { type: "string", multiple: true },
+  supervisor: { type: "string" },
+  loglevel: { type: "string" },
+  logfile: { type: "string" },
+  syslog: { type: "string" },
+  help: { type: "boolean", short: "h" },
+  version: { type: "boolean", short: "V" },
+};
 
 const USAGE = `usage: cmappserver [options]
-       cmappserver keygen [-keydir DIR] [-name NAME]... [-force]
+       cmappserver keygen [-keydir DIR] [-name NAME]... [-algorithm ed25519|p256] [-force]
 
 Runs in the guest, in the foreground, and starts, watches and reports on
-processes for cmappmgr over mutually authenticated TLS.
+processes for cmappmgr over mutually authenticated TLS. Every option can also
+be set in the configuration file as "name = value"; the command line wins.
+docs/cmappserver.md describes each one.
 
-Options (-opt VALUE, --opt VALUE and --opt=VALUE are the same):
-  -keydir DIR              key directory: key.pem, cert.pem and trusted/*.pem,
-                           the managers allowed in (default ${DEFAULT_KEYDIR})
-  -bind ADDR               address to listen on (default 0.0.0.0)
-  -port N                  TCP port (default ${DEFAULT_PORT}; 0 picks a free one)
-  -max_processes N         processes monitored at once (default ${DEFAULT_MAX_PROCESSES})
-  -handshake_timeout SECS  time a client has to finish TLS and hello (default ${
-  DEFAULT_HANDSHAKE_TIMEOUT_MS / 1000
-})
-  -loglevel LEVEL          error, warn, info (default) or debug; logs go to stderr
-  -help                    this text
-  -version                 the version
+  -config FILE              configuration file (default ${DEFAULT_CONFIG}, if present)
+  -keydir DIR               key.pem, cert.pem and trusted/*.pem, the managers
+                            allowed in (default ${DEFAULT_KEYDIR})
+  -bind ADDR                address to listen on (default 0.0.0.0)
+  -port N                   TCP port (default ${DEFAULT_PORT}; 0 picks a free one)
+  -statedir DIR             where runs are recorded (default ${DEFAULT_STATE_DIR})
+  -max_processes N          processes monitored at once (default ${DEFAULT_MAX_PROCESSES})
+  -max_connections N        connections at once (default 4096)
+  -handshake_timeout SECS   time for the TLS handshake, then for the hello (default 10)
+  -idle_timeout SECS        close a connection silent this long (default 120)
+  -max_frame BYTES          largest message accepted (default 1048576)
+  -max_argv_bytes BYTES     largest command line (default 262144)
+  -max_env_bytes BYTES      largest environment (default 262144)
+  -keep_finished N          finished runs remembered (default 1000)
+  -keep_finished_for SECS   how long they are remembered (default 604800, 7 days)
+  -stop_timeout SECS        default grace between SIGTERM and SIGKILL (default 10)
+  -stop_on_exit yes|no      stop every run when cmappserver is stopped (default no)
+  -allow_exec GLOB          only executables matching a GLOB may run (repeatable;
+                            * within a path segment, ** across); default: any
+  -allow_user USER          a user requests may run as (repeatable); default: none
+  -supervisor perl|sh       per-run supervisor (default perl when installed)
+  -loglevel LEVEL           error, warn, info (default) or debug
+  -logfile FILE             log to FILE instead of stderr (reopened on SIGHUP)
+  -syslog yes|no            also log to syslog, facility daemon (default no)
+  -help                     this text
+  -version                  the version
 
 Signals: SIGTERM or SIGINT: tell connected managers, close, exit 0; monitored
-processes keep running. SIGHUP: reload KEYDIR/trusted/*.pem for new connections
-(live connections stay).
+processes keep running and are re-adopted by the next cmappserver on the same
+state directory (unless stop_on_exit). SIGHUP: reopen the log file and reload
+KEYDIR/trusted/*.pem; live connections stay.
 
 Exit status: 0 after SIGTERM or SIGINT, 1 when it cannot start serving, 2 for a
-bad command line or key directory.
+bad command line, configuration file or key directory.
 `;
 
 async function main(args: string[]): Promise<number> {
@@ -67,19 +116,9 @@ async function main(args: string[]): Promise<number> {
       nextStep: `Copy cert.pem to each host's cmappmgr key directory, under trusted/.`,
     }, args.slice(1));
   }
-  let keydir: string, bind: string, port: number, maxProcesses: number, handshakeMs: number;
-  let level: LogLevel;
+  let cfg;
   try {
-    const { values, rest } = parseArgs(args, {
-      keydir: { type: "string" },
-      bind: { type: "string" },
-      port: { type: "string" },
-      max_processes: { type: "string" },
-      handshake_timeout: { type: "string" },
-      loglevel: { type: "string" },
-      help: { type: "boolean", short: "h" },
-      version: { type: "boolean", short: "V" },
-    });
+    const { values, rest } = parseArgs(args, SPEC);
     if (values.help) {
       printOut(USAGE);
       return 0;
@@ -89,46 +128,100 @@ async function main(args: string[]): Promise<number> {
       return 0;
     }
     if (rest.length > 0) throw new UsageError(`unexpected argument ${rest[0]}`);
-    keydir = stringOption(values, "keydir", DEFAULT_KEYDIR);
-    bind = stringOption(values, "bind", "0.0.0.0");
-    port = intOption(values, "port", DEFAULT_PORT, 0, 65535);
-    maxProcesses = intOption(values, "max_processes", DEFAULT_MAX_PROCESSES, 1, 100_000);
-    handshakeMs = secondsOption(values, "handshake_timeout", 10, 0.1, 3600);
-    const l = parseLogLevel(stringOption(values, "loglevel", "info"));
-    if (!l) throw new UsageError(`-loglevel must be error, warn, info or debug`);
-    level = l;
+    const configPath = typeof values.config === "string" ? values.config : DEFAULT_CONFIG;
+    const file = await readConfig(configPath, SPEC, values.config === undefined);
+    const s = mergeSettings(file, values);
+    const level = parseLogLevel(s.string("loglevel", "info"));
+    if (!level) throw new UsageError(`loglevel must be error, warn, info or debug`);
+    const supervisor = s.string("supervisor", "");
+    if (supervisor !== "" && supervisor !== "perl" && supervisor !== "sh") {
+      throw new UsageError(`supervisor must be perl or sh, not ${supervisor}`);
+    }
+    cfg = {
+      keydir: s.string("keydir", DEFAULT_KEYDIR),
+      bind: s.string("bind", "0.0.0.0"),
+      port: s.int("port", DEFAULT_PORT, 0, 65535),
+      statedir: s.string("statedir", DEFAULT_STATE_DIR),
+      maxProcesses: s.int("max_processes", DEFAULT_MAX_PROCESSES, 1, 100_000),
+      maxConnections: s.int("max_connections", 4096, 1, 1_000_000),
+      handshakeMs: s.seconds("handshake_timeout", 10, 0.1, 3600),
+      idleMs: s.seconds("idle_timeout", 120, 1, 86400),
+      maxFrame: s.int("max_frame", 1024 * 1024, 1024, 64 * 1024 * 1024),
+      maxArgvBytes: s.int("max_argv_bytes", 256 * 1024, 16, 64 * 1024 * 1024),
+      maxEnvBytes: s.int("max_env_bytes", 256 * 1024, 16, 64 * 1024 * 1024),
+      keepFinished: s.int("keep_finished", 1000, 0, 1_000_000),
+      keepFinishedMs: s.seconds("keep_finished_for", 604800, 1, 10 * 365 * 86400),
+      stopTimeoutMs: s.seconds("stop_timeout", 10, 0, 86400),
+      stopOnExit: s.bool("stop_on_exit", false),
+      allowExec: s.list("allow_exec"),
+      allowUsers: s.list("allow_user"),
+      supervisor: supervisor === "" ? undefined : supervisor as "perl" | "sh",
+      level: level as LogLevel,
+      logfile: s.string("logfile", ""),
+      syslog: s.bool("syslog", false),
+    };
+    for (const g of cfg.allowExec) {
+      if (!g.startsWith("/")) {
+        throw new UsageError(`allow_exec ${g} must be an absolute path or glob`);
+      }
+    }
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
-    printErr(`cmappserver: ${e.message}\n${USAGE}`);
+    printErr(`cmappserver: ${e.message}\n`);
     return 2;
   }
-  const logger = createLogger({ program: PROGRAM, level });
+  const fileSink = cfg.logfile ? new FileSink(cfg.logfile) : null;
+  const syslogSink = cfg.syslog ? new SyslogSink(PROGRAM) : null;
+  const sinks: LogSink[] = [fileSink ?? stderrSink, ...(syslogSink ? [syslogSink] : [])];
+  const logger = createLogger({ program: PROGRAM, level: cfg.level, sinks });
+  const closeSinks = async () => {
+    await syslogSink?.close();
+    await fileSink?.close();
+  };
   let identity: Identity, trust: TrustStore;
   try {
-    identity = await loadIdentity(keydir, PROGRAM);
-    trust = await loadTrust(keydir, "manager");
+    identity = await loadIdentity(cfg.keydir, PROGRAM);
+    trust = await loadTrust(cfg.keydir, "manager");
   } catch (e) {
     if (!(e instanceof KeyDirError)) throw e;
     logger.error(e.message);
+    await closeSinks();
     return 2;
   }
-  let server;
+  let server: CmappServer;
   try {
     server = await startServer({
       identity,
       trust,
-      hostname: bind,
-      port,
-      maxProcesses,
-      handshakeTimeoutMs: handshakeMs,
+      stateDir: cfg.statedir,
+      hostname: cfg.bind,
+      port: cfg.port,
+      maxProcesses: cfg.maxProcesses,
+      maxConnections: cfg.maxConnections,
+      handshakeTimeoutMs: cfg.handshakeMs,
+      idleTimeoutMs: cfg.idleMs,
+      maxFrameSize: cfg.maxFrame,
+      keepFinished: cfg.keepFinished,
+      keepFinishedMs: cfg.keepFinishedMs,
+      stopTimeoutMs: cfg.stopTimeoutMs,
+      policy: {
+        allowExec: cfg.allowExec,
+        allowUsers: cfg.allowUsers,
+        maxArgvBytes: cfg.maxArgvBytes,
+        maxEnvBytes: cfg.maxEnvBytes,
+      },
+      supervisor: cfg.supervisor,
       logger,
     });
   } catch (e) {
-    logger.error(`cannot listen on ${bind}:${port}: ${(e as Error).message}`);
+    logger.error(`cannot start serving on ${cfg.bind}:${cfg.port}: ${(e as Error).message}`);
+    await closeSinks();
     return 1;
   }
   logger.info(`certificate ${identity.info.fingerprint}`);
+  const keydir = cfg.keydir;
   Deno.addSignalListener("SIGHUP", () => {
+    fileSink?.reopen();
     loadTrust(keydir, "manager").then(
       (t) => {
         server.setTrust(t);
@@ -137,16 +230,16 @@ async function main(args: string[]): Promise<number> {
       (e) => logger.error(`SIGHUP: kept the previous trusted managers: ${(e as Error).message}`),
     );
   });
-  const stopped = new Promise<string>((resolve) => {
-    for (const sig of ["SIGTERM", "SIGINT"] as const) {
-      Deno.addSignalListener(sig, () => resolve(sig));
-    }
+  const sig = await new Promise<string>((resolve) => {
+    for (const s of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(s, () => resolve(s));
   });
-  const sig = await stopped;
-  logger.info(
-    `${sig}: closing; ${server.runs.running} monitored process(es) keep running`,
-  );
-  await server.close();
+  if (cfg.stopOnExit) {
+    logger.info(`${sig}: stopping ${server.runs.running} monitored process(es), then exiting`);
+  } else {
+    logger.info(`${sig}: closing; ${server.runs.running} monitored process(es) keep running`);
+  }
+  await server.close({ stopRuns: cfg.stopOnExit });
+  await closeSinks();
   return 0;
 }
 

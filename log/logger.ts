@@ -5,6 +5,8 @@
  * @module
  */
 
+import { type LogSink, stderrSink } from "./sinks.ts";
+
 /** Log levels, most severe first. */
 export type LogLevel = "error" | "warn" | "info" | "debug";
 
@@ -36,16 +38,10 @@ export interface LoggerOptions {
   level: LogLevel;
   /** Receives each formatted line (without newline); stderr by default. */
   write?: (line: string) => void;
-}
-
-const _encoder = new TextEncoder();
-
-function _stderr(line: string): void {
-  try {
-    Deno.stderr.writeSync(_encoder.encode(line + "\n"));
-  } catch {
-    // stderr closed: nowhere left to report to.
-  }
+  /** Destinations; used instead of `write` when given. */
+  sinks?: LogSink[];
+  /** Prepended to each message, e.g. "[web] " for a service name. */
+  prefix?: string;
 }
 
 /**
@@ -60,11 +56,16 @@ function _stderr(line: string): void {
  * ```
  */
 export function createLogger(options: LoggerOptions): Logger {
-  const write = options.write ?? _stderr;
+  const write = options.write;
+  const sinks = options.sinks ?? (write ? [] : [stderrSink]);
   const max = _RANK[options.level];
+  const prefix = options.prefix ?? "";
   const emit = (level: LogLevel) => (message: string) => {
     if (_RANK[level] > max) return;
-    write(`${new Date().toISOString()} ${options.program}[${Deno.pid}] ${level}: ${message}`);
+    const text = prefix + message;
+    const line = `${new Date().toISOString()} ${options.program}[${Deno.pid}] ${level}: ${text}`;
+    if (write) write(line);
+    for (const s of sinks) s.write(line, level, text);
   };
   return { error: emit("error"), warn: emit("warn"), info: emit("info"), debug: emit("debug") };
 }

@@ -12,15 +12,19 @@ import {
   formatVersion,
   FrameError,
   type LaunchMessage,
+  type ListMessage,
   MessageChannel,
   negotiateVersion,
   type PingMessage,
   PROTOCOL_VERSION,
   type ProtocolVersion,
+  type ReleaseMessage,
+  type RunInfo,
   type RunStatusMessage,
   type ServerMessage,
   SOFTWARE_VERSION,
   type StatusMessage,
+  type StopMessage,
 } from "../protocol/mod.ts";
 import type { ClientMessage, ErrorMessage } from "../protocol/mod.ts";
 import {
@@ -63,6 +67,34 @@ export class LaunchError extends Error {
   }
 }
 
+/** Options of a launch (protocol 1.1). */
+export interface LaunchOptions {
+  /** The run's name; the server derives one from argv when absent. */
+  name?: string;
+  /** The process's whole environment (the server adds PATH if absent). */
+  env?: Record<string, string>;
+  /** Absolute working directory. */
+  cwd?: string;
+  /** User to run as (the server's allow_user decides). */
+  user?: string;
+  /** Group to run as, with `user`. */
+  group?: string;
+  /** Grace between SIGTERM and SIGKILL when the run is stopped, in ms. */
+  stopTimeoutMs?: number;
+}
+
+/** A launch's outcome. */
+export interface Launched {
+  /** The run's id. */
+  run: string;
+  /** Its pid on the guest. */
+  pid: number;
+  /** Its name (null from a 1.0 server). */
+  name: string | null;
+  /** True when an existing run was attached to instead of starting one. */
+  attached: boolean;
+}
+
 type Pending = {
   resolve(m: ServerMessage): void;
   reject(e: Error): void;
@@ -92,6 +124,7 @@ export class Client {
   readonly #channel: MessageChannel<ServerMessage, ClientMessage>;
   readonly #pending = new Map<number, Pending>();
   readonly #exitWaiters = new Map<string, Set<(e: ExitStatus) => void>>();
+  readonly #exits = new Map<string, ExitStatus>();
   readonly #closed: Promise<Error | null>;
   #closeError: Error | null | undefined = undefined;
   #serverError: ManagerError | null = null;
@@ -141,12 +174,54 @@ export class Client {
   }
 
   /**
-   * Asks the server to start `argv`.
+   * Asks the server to start `argv`, or to attach to the run of the same
+   * name when it is still running or its exit status is unclaimed.
    * @throws {LaunchError} when the server refuses
    */
-  async launch(argv: string[]): Promise<{ run: string; pid: number }> {
-    const m = await this.#request<LaunchMessage>({ type: "launch", id: 0, argv });
-    if (m.type === "launched") return { run: m.run, pid: m.pid };
+  async launch(argv: string[], options: LaunchOptions = {}): Promise<Launched> {
+    const msg: LaunchMessage = { type: "launch", id: 0, argv };
+    if (options.name !== undefined) msg.name = options.name;
+    if (options.env !== undefined) msg.env = options.env;
+    if (options.cwd !== undefined) msg.cwd = options.cwd;
+    if (options.user !== undefined) msg.user = options.user;
+    if (options.group !== undefined) msg.group = options.group;
+    if (options.stopTimeoutMs !== undefined) msg.stop_timeout_ms = options.stopTimeoutMs;
+    const m = await this.#request<LaunchMessage>(msg);
+    if (m.type === "launched") {
+      return { run: m.run, pid: m.pid, name: m.name ?? null, attached: m.attached === true };
+    }
+    throw this.#unexpected(m);
+  }
+
+  /**
+   * Asks the server to stop a run (SIGTERM to its process group, SIGKILL
+   * after the grace period). Resolves with its state at that moment; its
+   * end comes through {@linkcode wait}.
+   */
+  async stop(run: string, timeoutMs?: number): Promise<RunStatusMessage> {
+    const msg: StopMessage = { type: "stop", id: 0, run };
+    if (timeoutMs !== undefined) msg.timeout_ms = timeoutMs;
+    const m = await this.#request<StopMessage>(msg);
+    if (m.type === "run_status") {
+      if (m.exit) this.#exited(m.run, m.exit);
+      return m;
+    }
+    throw this.#unexpected(m);
+  }
+
+  /**
+   * Tells the server we have the run's exit status, so the next launch
+   * under its name starts a new run.
+   */
+  async release(run: string): Promise<void> {
+    const m = await this.#request<ReleaseMessage>({ type: "release", id: 0, run });
+    if (m.type !== "released") throw this.#unexpected(m);
+  }
+
+  /** Every run the server knows. */
+  async list(): Promise<RunInfo[]> {
+    const m = await this.#request<ListMessage>({ type: "list", id: 0 });
+    if (m.type === "run_list") return m.runs;
     throw this.#unexpected(m);
   }
 
@@ -175,6 +250,8 @@ export class Client {
    * follow a run this connection did not launch.
    */
   wait(run: string): Promise<ExitStatus> {
+    const known = this.#exits.get(run);
+    if (known) return Promise.resolve(known);
     return new Promise((resolve) => {
       let set = this.#exitWaiters.get(run);
       if (!set) this.#exitWaiters.set(run, set = new Set());
@@ -192,7 +269,15 @@ export class Client {
     this.#channel.destroy();
   }
 
-  #request<T extends LaunchMessage | StatusMessage | PingMessage>(msg: T): Promise<ServerMessage> {
+  #request<
+    T extends
+      | LaunchMessage
+      | StatusMessage
+      | PingMessage
+      | StopMessage
+      | ReleaseMessage
+      | ListMessage,
+  >(msg: T): Promise<ServerMessage> {
     if (this.isClosed) {
       return Promise.reject(new ManagerError("lost", "connection to cmappserver is closed"));
     }
@@ -235,6 +320,9 @@ export class Client {
   }
 
   #exited(run: string, exit: ExitStatus): void {
+    // Kept for a wait() that comes after the notification (bounded).
+    this.#exits.set(run, exit);
+    if (this.#exits.size > 1000) this.#exits.delete(this.#exits.keys().next().value!);
     const set = this.#exitWaiters.get(run);
     this.#exitWaiters.delete(run);
     for (const w of set ?? []) w(exit);

@@ -9,13 +9,22 @@
 
 import type { ExitStatus } from "../protocol/mod.ts";
 import { type Logger, silentLogger } from "../log/logger.ts";
-import { Client, connect, type ConnectOptions, LaunchError } from "./client.ts";
+import {
+  Client,
+  connect,
+  type ConnectOptions,
+  type Launched,
+  LaunchError,
+  type LaunchOptions,
+} from "./client.ts";
 import { ManagerError } from "./errors.ts";
 
 /** Options for {@linkcode runCommand}. */
 export interface RunCommandOptions extends Omit<ConnectOptions, "timeoutMs"> {
   /** Program and arguments to run on the guest. */
   argv: string[];
+  /** Name, environment, working directory, user, stop grace of the run. */
+  launch?: LaunchOptions;
   /**
    * How long the guest may stay unreachable or silent, in ms: the first
    * connection must succeed within it, and a guest that has not answered
@@ -26,8 +35,8 @@ export interface RunCommandOptions extends Omit<ConnectOptions, "timeoutMs"> {
   pollIntervalMs: number;
   /** Where state changes are logged. */
   logger?: Logger;
-  /** Told once the process has started. */
-  onLaunched?(run: string, pid: number): void;
+  /** Told once the process has started (or been attached to). */
+  onLaunched?(run: string, pid: number, attached: boolean): void;
 }
 
 /** How a command ended. */
@@ -100,16 +109,23 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
   const logger = options.logger ?? silentLogger;
   const where = `${options.host}:${options.port ?? 5315}`;
   let client = await _connectUntil(options, Date.now() + options.serverTimeoutMs, logger);
-  let launched: { run: string; pid: number };
+  let launched: Launched;
   try {
-    launched = await client.launch(options.argv);
+    launched = await client.launch(options.argv, options.launch);
   } catch (e) {
     client.close();
     throw e;
   }
   const { run, pid } = launched;
-  logger.info(`started run ${run} pid ${pid} on ${where}: ${JSON.stringify(options.argv)}`);
-  options.onLaunched?.(run, pid);
+  if (launched.attached) {
+    logger.info(
+      `attached to run ${run} (${launched.name}) pid ${pid} on ${where}, already there; ` +
+        `not starting a second copy`,
+    );
+  } else {
+    logger.info(`started run ${run} pid ${pid} on ${where}: ${JSON.stringify(options.argv)}`);
+  }
+  options.onLaunched?.(run, pid, launched.attached);
   let lastAnswer = client.lastHeard;
   // An unanswered poll older than this makes us drop the connection and dial again.
   const stallMs = Math.min(
@@ -122,7 +138,7 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
         lastAnswer = Math.max(lastAnswer, client.lastHeard);
         return lastAnswer + options.serverTimeoutMs;
       });
-      if (exit) return { run, pid, exit };
+      if (exit) return await _released(client, { run, pid, exit });
       lastAnswer = Math.max(lastAnswer, client.lastHeard);
       const deadline = lastAnswer + options.serverTimeoutMs;
       if (Date.now() >= deadline) break;
@@ -139,7 +155,7 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
       try {
         const st = await client.status(run);
         logger.info(`re-attached to run ${run} on ${where} (${st.state})`);
-        if (st.exit) return { run, pid, exit: st.exit };
+        if (st.exit) return await _released(client, { run, pid, exit: st.exit });
       } catch (e) {
         if (e instanceof LaunchError && e.code === "unknown_run") {
           throw new ManagerError("run_lost", `cmappserver at ${where}: ${e.message}`);
@@ -192,4 +208,18 @@ async function _follow(
     if (exit) return exit;
     if (why === "closed") return null;
   }
+}
+
+/**
+ * Tells the server we have the exit status (protocol 1.1), so that the next
+ * launch under the run's name starts afresh. Best effort: if this fails, the
+ * server keeps the status and hands it to the next manager instead.
+ */
+async function _released(client: Client, outcome: RunOutcome): Promise<RunOutcome> {
+  if (client.version.minor < 1) return outcome;
+  // A guest that stops answering now must not hold the exit status back.
+  const pause = _sleep(2000);
+  await Promise.race([client.release(outcome.run).catch(() => {}), pause.promise]);
+  pause.cancel();
+  return outcome;
 }

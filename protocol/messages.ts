@@ -14,6 +14,10 @@ export const MAX_ARGV_ENTRIES = 4096;
 export const MAX_RUN_ID_LENGTH = 64;
 /** Largest free-text field (agent names, error messages), in characters. */
 export const MAX_TEXT_LENGTH = 4096;
+/** Largest run name, in characters. */
+export const MAX_NAME_LENGTH = 128;
+/** Largest number of environment variables in a launch request. */
+export const MAX_ENV_ENTRIES = 4096;
 
 /** How a process ended: an exit code, or the number of the signal that killed it. */
 export type ExitStatus = { code: number } | { signal: number };
@@ -28,6 +32,7 @@ export type ErrorCode =
   | "not_executable"
   | "spawn_failed"
   | "unknown_run"
+  | "policy"
   | "shutting_down"
   | "internal";
 
@@ -40,6 +45,7 @@ const ERROR_CODES: ReadonlySet<string> = new Set<ErrorCode>([
   "not_executable",
   "spawn_failed",
   "unknown_run",
+  "policy",
   "shutting_down",
   "internal",
 ]);
@@ -68,6 +74,55 @@ export interface LaunchMessage {
   id: number;
   /** Program and arguments, run directly (no shell). */
   argv: string[];
+  /**
+   * Since 1.1: the run's name. A launch under a name that is still running,
+   * or whose exit status no manager has received yet, attaches to that run.
+   * When absent, the server derives one from argv.
+   */
+  name?: string;
+  /** Since 1.1: the process's whole environment (the server adds PATH if absent). */
+  env?: Record<string, string>;
+  /** Since 1.1: absolute working directory; "/" by default. */
+  cwd?: string;
+  /** Since 1.1: user to run as (name or number); the server's policy decides. */
+  user?: string;
+  /** Since 1.1: group to run as (name or number). */
+  group?: string;
+  /** Since 1.1: grace period between SIGTERM and SIGKILL when stopped, in ms. */
+  stop_timeout_ms?: number;
+}
+
+/** Since 1.1: asks the server to stop a run (SIGTERM to its process group, then SIGKILL). */
+export interface StopMessage {
+  /** Message type. */
+  type: "stop";
+  /** Request id, copied into the reply. */
+  id: number;
+  /** The run to stop. */
+  run: string;
+  /** Grace period before SIGKILL, in ms; the run's own when absent. */
+  timeout_ms?: number;
+}
+
+/**
+ * Since 1.1: tells the server that this manager has received the run's exit
+ * status, so that the next launch under its name starts a new run.
+ */
+export interface ReleaseMessage {
+  /** Message type. */
+  type: "release";
+  /** Request id, copied into the reply. */
+  id: number;
+  /** The finished run. */
+  run: string;
+}
+
+/** Since 1.1: asks for every run the server knows. */
+export interface ListMessage {
+  /** Message type. */
+  type: "list";
+  /** Request id, copied into the reply. */
+  id: number;
 }
 
 /** Asks for the state of a run; also serves as the heartbeat. */
@@ -98,6 +153,56 @@ export interface LaunchedMessage {
   run: string;
   /** Process id on the guest (also its process group and session id). */
   pid: number;
+  /** Since 1.1: the run's name. */
+  name?: string;
+  /** Since 1.1: true when an existing run was attached to instead of starting one. */
+  attached?: boolean;
+}
+
+/** Since 1.1: answer to a release. */
+export interface ReleasedMessage {
+  /** Message type. */
+  type: "released";
+  /** Id of the release request. */
+  id: number;
+  /** The run released. */
+  run: string;
+}
+
+/** Since 1.1: what the server knows of one run. */
+export interface RunInfo {
+  /** Server-assigned run id. */
+  run: string;
+  /** The run's name. */
+  name: string;
+  /** Program and arguments. */
+  argv: string[];
+  /** Process id (and process group id). */
+  pid: number;
+  /** Whether it is still running. */
+  state: "running" | "exited";
+  /** Start time, ISO 8601. */
+  started_at: string;
+  /** End time, ISO 8601, once ended. */
+  ended_at?: string;
+  /** How it ended, once ended (absent when `lost`). */
+  exit?: ExitStatus;
+  /** Why its exit status is unknown, when it ended unwatched. */
+  lost?: string;
+  /** SHA-256 fingerprint of the manager that launched it. */
+  launched_by: string;
+  /** True once a manager has received its exit status. */
+  delivered: boolean;
+}
+
+/** Since 1.1: answer to a list request. */
+export interface RunListMessage {
+  /** Message type. */
+  type: "run_list";
+  /** Id of the list request. */
+  id: number;
+  /** Every run known, oldest first. */
+  runs: RunInfo[];
 }
 
 /** Answer to a status request. */
@@ -147,7 +252,14 @@ export interface ErrorMessage {
 }
 
 /** Messages a manager sends. */
-export type ClientMessage = HelloMessage | LaunchMessage | StatusMessage | PingMessage;
+export type ClientMessage =
+  | HelloMessage
+  | LaunchMessage
+  | StatusMessage
+  | PingMessage
+  | StopMessage
+  | ReleaseMessage
+  | ListMessage;
 /** Messages a server sends. */
 export type ServerMessage =
   | ServerHelloMessage
@@ -155,6 +267,8 @@ export type ServerMessage =
   | RunStatusMessage
   | ExitedMessage
   | PongMessage
+  | ReleasedMessage
+  | RunListMessage
   | ErrorMessage;
 /** Any message. */
 export type Message = ClientMessage | ServerMessage;
@@ -236,6 +350,83 @@ function _argv(o: Obj): string[] {
   return v as string[];
 }
 
+function _name(o: Obj): string {
+  const v = _text(o, "name", MAX_NAME_LENGTH);
+  if (!/^[A-Za-z0-9][A-Za-z0-9._@:+-]*$/.test(v)) {
+    _fail(
+      `field "name" must be 1 to ${MAX_NAME_LENGTH} characters of A-Z a-z 0-9 . _ @ : + -, ` +
+        `starting with a letter or digit`,
+    );
+  }
+  return v;
+}
+
+function _env(o: Obj): Record<string, string> {
+  const e = _object(o.env, `field "env"`);
+  const keys = Object.keys(e);
+  if (keys.length > MAX_ENV_ENTRIES) _fail(`field "env" has more than ${MAX_ENV_ENTRIES} entries`);
+  const out: Record<string, string> = {};
+  for (const k of keys) {
+    if (k === "" || k.includes("=") || k.includes("\0")) {
+      _fail(`env name ${JSON.stringify(k.slice(0, 64))} is empty or contains "=" or NUL`);
+    }
+    const v = e[k];
+    if (typeof v !== "string") _fail(`env ${k} must be a string`);
+    if (v.includes("\0")) _fail(`env ${k} contains a NUL character`);
+    out[k] = v;
+  }
+  return out;
+}
+
+function _optional<T>(o: Obj, field: string, read: (o: Obj) => T): T | undefined {
+  return o[field] === undefined ? undefined : read(o);
+}
+
+function _launch(o: Obj): LaunchMessage {
+  const m: LaunchMessage = { type: "launch", id: _id(o), argv: _argv(o) };
+  const name = _optional(o, "name", _name);
+  if (name !== undefined) m.name = name;
+  const env = _optional(o, "env", _env);
+  if (env !== undefined) m.env = env;
+  const cwd = _optional(o, "cwd", (x) => _text(x, "cwd"));
+  if (cwd !== undefined) {
+    if (!cwd.startsWith("/") || cwd.includes("\0")) _fail(`field "cwd" must be an absolute path`);
+    m.cwd = cwd;
+  }
+  for (const f of ["user", "group"] as const) {
+    const v = _optional(o, f, (x) => _text(x, f, 256));
+    if (v !== undefined) {
+      if (!/^[A-Za-z0-9_][A-Za-z0-9._-]*\$?$/.test(v)) {
+        _fail(`field "${f}" is not a valid ${f} name`);
+      }
+      m[f] = v;
+    }
+  }
+  const st = _optional(o, "stop_timeout_ms", (x) => _int(x, "stop_timeout_ms", 0, 86_400_000));
+  if (st !== undefined) m.stop_timeout_ms = st;
+  return m;
+}
+
+function _runInfo(v: unknown, i: number): RunInfo {
+  const o = _object(v, `runs[${i}]`);
+  const state = o.state;
+  if (state !== "running" && state !== "exited") _fail(`runs[${i}].state is invalid`);
+  const info: RunInfo = {
+    run: _runId(o),
+    name: _name(o),
+    argv: _argv(o),
+    pid: _int(o, "pid", 1, 0x7fffffff),
+    state,
+    started_at: _text(o, "started_at", 64),
+    launched_by: _text(o, "launched_by", 128),
+    delivered: o.delivered === true,
+  };
+  if (o.ended_at !== undefined) info.ended_at = _text(o, "ended_at", 64);
+  if (o.lost !== undefined) info.lost = _text(o, "lost");
+  else if (state === "exited") info.exit = _exit(o);
+  return info;
+}
+
 function _exit(o: Obj): ExitStatus {
   const e = _object(o.exit, `field "exit"`);
   const hasCode = e.code !== undefined;
@@ -284,7 +475,17 @@ export function decodeClientMessage(payload: Uint8Array): ClientMessage {
     case "hello":
       return _hello(o);
     case "launch":
-      return { type: "launch", id: _id(o), argv: _argv(o) };
+      return _launch(o);
+    case "stop": {
+      const m: StopMessage = { type: "stop", id: _id(o), run: _runId(o) };
+      const t = _optional(o, "timeout_ms", (x) => _int(x, "timeout_ms", 0, 86_400_000));
+      if (t !== undefined) m.timeout_ms = t;
+      return m;
+    }
+    case "release":
+      return { type: "release", id: _id(o), run: _runId(o) };
+    case "list":
+      return { type: "list", id: _id(o) };
     case "status":
       return { type: "status", id: _id(o), run: _runId(o) };
     case "ping":
@@ -309,8 +510,24 @@ export function decodeServerMessage(payload: Uint8Array): ServerMessage {
   switch (o.type) {
     case "hello":
       return { ..._hello(o), max_frame: _int(o, "max_frame", 1, 0xffffffff) };
-    case "launched":
-      return { type: "launched", id: _id(o), run: _runId(o), pid: _int(o, "pid", 1, 0x7fffffff) };
+    case "launched": {
+      const m: LaunchedMessage = {
+        type: "launched",
+        id: _id(o),
+        run: _runId(o),
+        pid: _int(o, "pid", 1, 0x7fffffff),
+      };
+      const name = _optional(o, "name", _name);
+      if (name !== undefined) m.name = name;
+      if (o.attached !== undefined) m.attached = o.attached === true;
+      return m;
+    }
+    case "released":
+      return { type: "released", id: _id(o), run: _runId(o) };
+    case "run_list": {
+      if (!Array.isArray(o.runs)) _fail(`field "runs" must be an array`);
+      return { type: "run_list", id: _id(o), runs: o.runs.map(_runInfo) };
+    }
     case "run_status": {
       const state = o.state;
       if (state !== "running" && state !== "exited") {

@@ -1,7 +1,8 @@
 /**
- * One manager's connection: the hello exchange, then launch, status and ping
- * requests against the run table, and exit notifications pushed back.
- * Sees only messages; the socket under it is any byte stream.
+ * One manager's connection: the hello exchange, then requests (launch,
+ * status, stop, release, list, ping) against the run table, answered in
+ * order, and exit notifications pushed back. Sees only messages; the socket
+ * under it is any byte stream.
  *
  * @module
  */
@@ -10,16 +11,19 @@ import {
   type ByteStream,
   type ClientMessage,
   decodeClientMessage,
+  encodeMessage,
+  type ErrorCode,
   formatVersion,
   MAX_TEXT_LENGTH,
   MessageChannel,
   negotiateVersion,
   PROTOCOL_VERSION,
+  type RunInfo,
   type ServerMessage,
   SOFTWARE_VERSION,
 } from "../protocol/mod.ts";
 import type { Logger } from "../log/logger.ts";
-import type { Run, RunTable } from "./runs.ts";
+import { hasEnded, type Run, type RunTable } from "./runs.ts";
 
 /** Agent string sent in the server's hello. */
 export const SERVER_AGENT = `cmappserver ${SOFTWARE_VERSION}`;
@@ -34,6 +38,8 @@ export interface ConnectionContext {
   maxFrameSize: number;
   /** The hello must arrive within this long after the TLS handshake. */
   helloTimeoutMs: number;
+  /** A connection silent for this long is closed (managers poll more often). */
+  idleTimeoutMs: number;
 }
 
 /** A connection being served. */
@@ -44,6 +50,24 @@ export interface ServedConnection {
   shutdown(message: string): void;
   /** Drops the connection at once. */
   destroy(): void;
+}
+
+/** What the server tells of a run in a list. */
+export function runInfo(run: Run): RunInfo {
+  const info: RunInfo = {
+    run: run.id,
+    name: run.name,
+    argv: [...run.argv],
+    pid: run.pid,
+    state: hasEnded(run) ? "exited" : "running",
+    started_at: run.startedAt.toISOString(),
+    launched_by: run.launchedBy,
+    delivered: run.delivered,
+  };
+  if (run.endedAt) info.ended_at = run.endedAt.toISOString();
+  if (run.exit) info.exit = run.exit;
+  if (run.lost) info.lost = run.lost;
+  return info;
 }
 
 /**
@@ -65,40 +89,55 @@ export function serveConnection(
   const { table, logger } = ctx;
   const who = `manager ${peer.address} (${peer.fingerprint.slice(0, 23)}…)`;
   const unsubscribe = new Map<string, () => void>();
-  let ready = false;
+  let minor = -1; // negotiated minor version; -1 until hello
+  let queue = Promise.resolve();
   let done!: () => void;
   const finished = new Promise<void>((r) => done = r);
 
+  const error = (id: number | undefined, code: ErrorCode, message: string) => {
+    const m: ServerMessage = { type: "error", code, message: _clip(message) };
+    if (id !== undefined) m.id = id;
+    channel.send(m);
+  };
+
+  /** Sends the run's end to this manager; a 1.0 manager cannot release, so sending counts. */
+  const sendEnd = (run: Run) => {
+    if (run.exit) channel.send({ type: "exited", run: run.id, exit: run.exit });
+    if (minor < 1 && run.exit) void table.release(run.id);
+  };
+
   const follow = (run: Run) => {
-    if (unsubscribe.has(run.id)) return;
+    if (unsubscribe.has(run.id) || hasEnded(run)) return;
     unsubscribe.set(
       run.id,
       table.onExit(run.id, (r) => {
         unsubscribe.delete(r.id);
-        if (r.exit) channel.send({ type: "exited", run: r.id, exit: r.exit });
+        sendEnd(r);
       }),
     );
   };
 
-  const handle = (m: ClientMessage) => {
-    if (!ready) {
-      if (m.type !== "hello") {
-        refuse("protocol", `expected hello first, got ${m.type}`);
-        return;
-      }
+  const lostMessage = (run: Run) =>
+    `run ${run.id} (${run.name}) ended but its exit status is unknown: ${run.lost}`;
+
+  let closing = false;
+  const handle = async (m: ClientMessage): Promise<void> => {
+    // Nothing behind a refusal is acted on.
+    if (closing) return;
+    if (minor < 0) {
+      if (m.type !== "hello") return refuse("protocol", `expected hello first, got ${m.type}`);
       const v = negotiateVersion(PROTOCOL_VERSION, m.version);
       if (!v) {
-        refuse(
+        return refuse(
           "version",
           `protocol version ${formatVersion(m.version)} (${m.agent}) is not compatible with ` +
             `this cmappserver, which speaks ${formatVersion(PROTOCOL_VERSION)}: upgrade the ` +
             `side with the older major version`,
         );
-        return;
       }
       clearTimeout(helloTimer);
-      ready = true;
-      logger.debug(`${who}: hello from ${m.agent}, protocol ${formatVersion(m.version)}`);
+      minor = v.minor;
+      logger.debug(`${who}: hello from ${m.agent}, protocol ${formatVersion(v)}`);
       channel.send({
         type: "hello",
         version: { ...PROTOCOL_VERSION },
@@ -109,66 +148,140 @@ export function serveConnection(
     }
     switch (m.type) {
       case "hello":
-        refuse("protocol", "hello sent twice");
-        return;
+        return refuse("protocol", "hello sent twice");
       case "ping":
         channel.send({ type: "pong", id: m.id });
         return;
       case "launch": {
-        const r = table.launch(m.argv, peer.fingerprint);
+        const r = await table.launch({
+          argv: m.argv,
+          name: m.name,
+          env: m.env,
+          cwd: m.cwd,
+          user: m.user,
+          group: m.group,
+          stopTimeoutMs: m.stop_timeout_ms,
+        }, peer.fingerprint);
         if ("code" in r) {
           logger.warn(`${who}: launch of ${JSON.stringify(m.argv)} refused: ${r.message}`);
-          channel.send({ type: "error", id: m.id, code: r.code, message: _clip(r.message) });
-          return;
+          return error(m.id, r.code, r.message);
         }
-        logger.info(`${who}: started run ${r.id} pid ${r.pid}: ${JSON.stringify(m.argv)}`);
-        channel.send({ type: "launched", id: m.id, run: r.id, pid: r.pid });
-        follow(r);
+        const { run, attached } = r;
+        if (attached) {
+          logger.info(
+            `${who}: attached to run ${run.id} (${run.name}) pid ${run.pid}` +
+              (hasEnded(run) ? ", which has ended" : ", still running") +
+              ` instead of starting ${JSON.stringify(m.argv)}`,
+          );
+        } else {
+          logger.info(
+            `${who}: started run ${run.id} (${run.name}) pid ${run.pid}: ${JSON.stringify(m.argv)}`,
+          );
+        }
+        const reply: ServerMessage = { type: "launched", id: m.id, run: run.id, pid: run.pid };
+        if (minor >= 1) {
+          reply.name = run.name;
+          reply.attached = attached;
+        }
+        channel.send(reply);
+        if (hasEnded(run)) sendEnd(run);
+        else follow(run);
         return;
       }
       case "status": {
         const r = table.get(m.run);
         if (!r) {
-          channel.send({
-            type: "error",
-            id: m.id,
-            code: "unknown_run",
-            message: `no run ${m.run} on this cmappserver (finished long ago, or the server ` +
-              `was restarted)`,
-          });
-          return;
+          return error(
+            m.id,
+            "unknown_run",
+            `no run ${m.run} on this cmappserver (finished and forgotten, or never started here)`,
+          );
         }
-        const reply: ServerMessage = r.exit
-          ? { type: "run_status", id: m.id, run: r.id, pid: r.pid, state: "exited", exit: r.exit }
-          : { type: "run_status", id: m.id, run: r.id, pid: r.pid, state: "running" };
+        if (r.lost) {
+          void table.release(r.id);
+          return error(m.id, "unknown_run", lostMessage(r));
+        }
+        channel.send(
+          r.exit
+            ? { type: "run_status", id: m.id, run: r.id, pid: r.pid, state: "exited", exit: r.exit }
+            : { type: "run_status", id: m.id, run: r.id, pid: r.pid, state: "running" },
+        );
+        if (r.exit && minor < 1) void table.release(r.id);
+        follow(r);
+        return;
+      }
+      case "stop": {
+        const r = table.get(m.run);
+        if (!r) return error(m.id, "unknown_run", `no run ${m.run} on this cmappserver`);
+        if (!hasEnded(r)) {
+          logger.info(`${who}: stop run ${r.id} (${r.name})`);
+          table.stop(r.id, m.timeout_ms);
+          follow(r);
+        }
+        if (r.lost) return error(m.id, "unknown_run", lostMessage(r));
+        channel.send(
+          r.exit
+            ? { type: "run_status", id: m.id, run: r.id, pid: r.pid, state: "exited", exit: r.exit }
+            : { type: "run_status", id: m.id, run: r.id, pid: r.pid, state: "running" },
+        );
+        return;
+      }
+      case "release": {
+        const r = table.get(m.run);
+        if (!r || !(await table.release(r.id))) {
+          return error(m.id, "unknown_run", `no finished run ${m.run} to release`);
+        }
+        logger.debug(`${who}: released run ${r.id} (${r.name})`);
+        channel.send({ type: "released", id: m.id, run: r.id });
+        return;
+      }
+      case "list": {
+        const runs = table.list().map(runInfo);
+        // Keep the answer within one frame: drop the oldest finished runs first.
+        let reply: ServerMessage = { type: "run_list", id: m.id, runs };
+        while (encodeMessage(reply).length > ctx.maxFrameSize && runs.length > 0) {
+          const i = runs.findIndex((r) => r.state === "exited");
+          runs.splice(i >= 0 ? i : 0, 1);
+          reply = { type: "run_list", id: m.id, runs };
+        }
         channel.send(reply);
-        if (!r.exit) follow(r);
         return;
       }
     }
   };
 
   const refuse = (code: "protocol" | "version", message: string) => {
+    closing = true;
     logger.warn(`${who}: ${message}; closing`);
     channel.sendAndClose({ type: "error", code, message: _clip(message) });
   };
 
+  let idleTimer: ReturnType<typeof setTimeout> | undefined;
+  const resetIdle = () => {
+    clearTimeout(idleTimer);
+    idleTimer = setTimeout(() => {
+      logger.warn(`${who}: silent for ${ctx.idleTimeoutMs} ms; closing`);
+      channel.destroy();
+    }, ctx.idleTimeoutMs);
+  };
+
   const channel = new MessageChannel<ClientMessage, ServerMessage>(stream, decodeClientMessage, {
     onMessage: (m) => {
-      try {
-        handle(m);
-      } catch (e) {
+      resetIdle();
+      // Requests are answered in the order they came.
+      queue = queue.then(() => handle(m)).catch((e) => {
         logger.error(`${who}: internal error: ${(e as Error).stack ?? e}`);
         channel.sendAndClose({ type: "error", code: "internal", message: "internal error" });
-      }
+      });
     },
-    onInvalid: (e) => refuse("protocol", e.message),
+    onInvalid: (e) => queue = queue.then(() => refuse("protocol", e.message)),
     onClose: (err) => {
       clearTimeout(helloTimer);
+      clearTimeout(idleTimer);
       for (const u of unsubscribe.values()) u();
       unsubscribe.clear();
       logger.info(`${who}: disconnected${err ? ` (${err.message})` : ""}`);
-      done();
+      queue.then(() => done());
     },
   }, ctx.maxFrameSize);
 
@@ -176,6 +289,7 @@ export function serveConnection(
     logger.warn(`${who}: no hello within ${ctx.helloTimeoutMs} ms; closing`);
     channel.destroy();
   }, ctx.helloTimeoutMs);
+  resetIdle();
 
   return {
     done: finished,

@@ -4,11 +4,12 @@
  * @example
  * ```ts ignore
  * import { startServer } from "./mod.ts";
- * const server = await startServer({ identity, trust, hostname: "127.0.0.1", port: 0 });
+ * const server = await startServer({ identity, trust, stateDir: "/tmp/state", port: 0 });
  * ```
  *
  * @module
  */
 export * from "./server.ts";
-export { type ExitListener, type Run, RunTable } from "./runs.ts";
-export { DEFAULT_PATH, signalGroup, spawnProcess } from "./supervisor.ts";
+export { type ExitListener, hasEnded, type Run, RunTable } from "./runs.ts";
+export { DEFAULT_POLICY, type LaunchPolicy } from "./policy.ts";
+export { DEFAULT_PATH, signalGroup, type SupervisorKind } from "./supervisor.ts";

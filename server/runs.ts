@@ -1,18 +1,33 @@
 /**
- * The run table: every process started for a manager, its state, and its
- * exit status kept for managers that come back for it. Knows nothing of
- * TLS or frames.
+ * The run table: every process started for a manager, by id and by name;
+ * attaching instead of starting a second copy; exit statuses kept until a
+ * manager has received them; stopping; and re-adopting the runs of a
+ * previous daemon from the state directory. Knows nothing of TLS or frames.
  *
  * @module
  */
 
 import { describeExit, type ExitStatus } from "../protocol/mod.ts";
-import type { SpawnedProcess, SpawnFailure } from "./supervisor.ts";
+import type { Logger } from "../log/logger.ts";
+import { type LaunchPolicy, type LaunchRequest, prepareLaunch } from "./policy.ts";
+import type { RunRecord, RunStore } from "./store.ts";
+import {
+  bootId,
+  processStartTime,
+  readStatusFile,
+  signalGroup,
+  type SpawnedProcess,
+  type SpawnFailure,
+  type SpawnRequest,
+  type SupervisorKind,
+} from "./supervisor.ts";
 
 /** One monitored process. */
 export interface Run {
   /** Server-assigned identifier, unique across restarts. */
   readonly id: string;
+  /** Its name: runs are attached to by name. */
+  readonly name: string;
   /** What was started. */
   readonly argv: readonly string[];
   /** Process id (and process group id). */
@@ -21,16 +36,29 @@ export interface Run {
   readonly startedAt: Date;
   /** Fingerprint of the manager that launched it. */
   readonly launchedBy: string;
+  /** Grace period between SIGTERM and SIGKILL, in ms. */
+  readonly stopTimeoutMs: number;
   /** How it ended, once it has. */
   exit: ExitStatus | null;
+  /** Why its exit status is unknown, when it ended unwatched. */
+  lost: string | null;
   /** When it ended, once it has. */
   endedAt: Date | null;
+  /** True once a manager has received how it ended. */
+  delivered: boolean;
+  /** True when it was started by an earlier cmappserver. */
+  readonly adopted: boolean;
 }
 
-/** Launch refused because the table is full. */
-export interface LimitRefusal {
-  /** Always "limit". */
-  code: "limit";
+/** True once a run has ended (with a known status or not). */
+export function hasEnded(run: Run): boolean {
+  return run.exit !== null || run.lost !== null;
+}
+
+/** A launch refused by a limit or the policy. */
+export interface Refusal {
+  /** "limit" or "policy". */
+  code: "limit" | "policy";
   /** One line for the manager. */
   message: string;
 }
@@ -39,41 +67,73 @@ export interface LimitRefusal {
 export interface RunTableOptions {
   /** Largest number of processes running at once. */
   maxProcesses: number;
-  /** How many finished runs to keep for late managers (oldest dropped first). */
-  maxFinished?: number;
-  /** Starts a process. */
-  spawn(argv: string[]): SpawnedProcess | SpawnFailure;
-  /** Told of every run that ends, before the run's own listeners. */
-  onEnded?: (run: Run) => void;
+  /** Finished runs kept for late managers, at most (oldest delivered ones go first). */
+  keepFinished: number;
+  /** Finished runs are forgotten after this long, in ms. */
+  keepFinishedMs: number;
+  /** Default grace period between SIGTERM and SIGKILL, in ms. */
+  stopTimeoutMs: number;
+  /** What may be launched. */
+  policy: LaunchPolicy;
+  /** Which supervisor runs each process. */
+  supervisor: SupervisorKind;
+  /** Where runs are recorded. */
+  store: RunStore;
+  /** Starts a process (see supervisor.ts). */
+  spawn(req: SpawnRequest): Promise<SpawnedProcess | SpawnFailure>;
+  /** Where events go. */
+  logger: Logger;
+}
+
+/** A launch request with its naming and stopping options. */
+export interface RunLaunchOptions extends LaunchRequest {
+  /** The run's name; derived from argv when absent. */
+  name?: string;
+  /** Grace period between SIGTERM and SIGKILL for this run, in ms. */
+  stopTimeoutMs?: number;
 }
 
 /** Listener told when a run ends. */
 export type ExitListener = (run: Run) => void;
 
 /**
- * Runs by id, with the process limit and bounded memory of finished runs.
+ * Runs by id and name, with the process limit, the policy, persistence and
+ * bounded memory of finished runs.
  *
  * @example
  * ```ts ignore
  * import { RunTable } from "./runs.ts";
- * import { spawnProcess } from "./supervisor.ts";
- * const table = new RunTable({ maxProcesses: 30, spawn: spawnProcess });
- * const r = table.launch(["/bin/true"], "AB:CD");
+ * const table = await RunTable.open(options);
+ * const r = await table.launch({ argv: ["/bin/true"], name: "web" }, "AB:CD…");
  * ```
  */
 export class RunTable {
-  readonly #options: Required<RunTableOptions>;
+  readonly #o: RunTableOptions;
   readonly #runs = new Map<string, Run>();
-  readonly #finished: string[] = [];
+  readonly #byName = new Map<string, Run>();
   readonly #listeners = new Map<string, Set<ExitListener>>();
+  readonly #launching = new Map<string, Promise<unknown>>();
+  readonly #stopTimers = new Map<string, ReturnType<typeof setTimeout>>();
+  /** Runs watched by polling, with their supervisor's pid. */
+  readonly #watched = new Map<Run, number>();
   #running = 0;
+  #boot = "unknown";
+  #poller: ReturnType<typeof setInterval> | null = null;
+  #closed = false;
+
+  private constructor(options: RunTableOptions) {
+    this.#o = options;
+  }
 
   /**
-   * Creates an empty table.
-   * @param options limits and the spawn function
+   * Opens the table: re-adopts the runs recorded in the state directory by
+   * an earlier cmappserver, and starts watching those still running.
    */
-  constructor(options: RunTableOptions) {
-    this.#options = { maxFinished: 1000, onEnded: () => {}, ...options };
+  static async open(options: RunTableOptions): Promise<RunTable> {
+    const table = new RunTable(options);
+    table.#boot = await bootId();
+    await table.#recover();
+    return table;
   }
 
   /** Number of runs whose process is alive. */
@@ -83,12 +143,12 @@ export class RunTable {
 
   /** The most processes that may run at once. */
   get maxProcesses(): number {
-    return this.#options.maxProcesses;
+    return this.#o.maxProcesses;
   }
 
   /** Every run known, oldest first. */
   list(): Run[] {
-    return [...this.#runs.values()];
+    return [...this.#runs.values()].sort((a, b) => a.startedAt.getTime() - b.startedAt.getTime());
   }
 
   /** A run by id. */
@@ -96,30 +156,152 @@ export class RunTable {
     return this.#runs.get(id);
   }
 
-  /** Starts a process, or says why not. */
-  launch(argv: string[], launchedBy: string): Run | SpawnFailure | LimitRefusal {
-    if (this.#running >= this.#options.maxProcesses) {
+  /**
+   * Starts a process, or attaches to the run of the same name when it is
+   * still running or its exit status has not been received by a manager.
+   */
+  async launch(
+    req: RunLaunchOptions,
+    launchedBy: string,
+  ): Promise<{ run: Run; attached: boolean } | Refusal | SpawnFailure> {
+    const name = req.name ?? await deriveName(req.argv);
+    // One launch per name at a time: a second one waits, then attaches.
+    for (;;) {
+      const busy = this.#launching.get(name);
+      if (!busy) break;
+      await busy.catch(() => {});
+    }
+    const existing = this.#byName.get(name);
+    if (existing && (!hasEnded(existing) || !existing.delivered)) {
+      return { run: existing, attached: true };
+    }
+    if (this.#running >= this.#o.maxProcesses) {
       return {
         code: "limit",
         message: `cmappserver is already monitoring ${this.#running} processes, its limit ` +
-          `(-max_processes ${this.#options.maxProcesses})`,
+          `(max_processes ${this.#o.maxProcesses})`,
       };
     }
-    const p = this.#options.spawn(argv);
-    if (!("pid" in p)) return p;
+    const work = this.#start(req, name, launchedBy);
+    this.#launching.set(name, work);
+    try {
+      return await work;
+    } finally {
+      this.#launching.delete(name);
+    }
+  }
+
+  async #start(
+    req: RunLaunchOptions,
+    name: string,
+    launchedBy: string,
+  ): Promise<{ run: Run; attached: boolean } | Refusal | SpawnFailure> {
+    const prepared = await prepareLaunch(req, this.#o.policy);
+    if ("code" in prepared) return prepared;
+    const id = _newRunId();
+    const p = await this.#o.spawn({
+      argv: prepared.argv,
+      program: prepared.program,
+      env: prepared.env,
+      cwd: prepared.cwd,
+      statusFile: this.#o.store.statusFile(id),
+      supervisor: this.#o.supervisor,
+      runAs: prepared.runAs,
+    });
+    if ("code" in p) return p;
     const run: Run = {
-      id: _newRunId(),
-      argv: [...argv],
+      id,
+      name,
+      argv: [...req.argv],
       pid: p.pid,
       startedAt: new Date(),
       launchedBy,
+      stopTimeoutMs: req.stopTimeoutMs ?? this.#o.stopTimeoutMs,
       exit: null,
+      lost: null,
       endedAt: null,
+      delivered: false,
+      adopted: false,
     };
-    this.#runs.set(run.id, run);
-    this.#running++;
-    p.exited.then((exit) => this.#ended(run, exit));
-    return run;
+    const record: RunRecord = {
+      id,
+      name,
+      argv: run.argv as string[],
+      pid: p.pid,
+      pidStart: await processStartTime(p.pid),
+      supervisorPid: p.supervisorPid,
+      bootId: this.#boot,
+      startedAt: run.startedAt.toISOString(),
+      launchedBy,
+      stopTimeoutMs: run.stopTimeoutMs,
+    };
+    this.#add(run);
+    try {
+      await this.#o.store.write(record);
+    } catch (e) {
+      this.#o.logger.error(
+        `run ${id}: cannot record it in ${this.#o.store.dir}: ${(e as Error).message}; ` +
+          `it will not survive a restart of cmappserver`,
+      );
+    }
+    p.exited.then(async (exit) => {
+      if (exit) return this.#finish(run, exit, null);
+      // The supervisor ended without a status: watch the process itself.
+      if (await processStartTime(run.pid) !== null) this.#watch(run, record);
+      else this.#finish(run, null, "its supervisor ended without recording an exit status");
+    });
+    return { run, attached: false };
+  }
+
+  /**
+   * Stops a run: SIGTERM to its process group, then SIGKILL after the grace
+   * period. Returns false when the run is unknown or already ended.
+   */
+  stop(id: string, timeoutMs?: number): boolean {
+    const run = this.#runs.get(id);
+    if (!run || hasEnded(run)) return false;
+    const grace = timeoutMs ?? run.stopTimeoutMs;
+    this.#o.logger.info(
+      `run ${run.id} (${run.name}) pid ${run.pid}: stopping (SIGTERM, SIGKILL after ${grace} ms)`,
+    );
+    signalGroup(run.pid, "SIGTERM");
+    if (!this.#stopTimers.has(id)) {
+      const timer = setTimeout(() => {
+        this.#stopTimers.delete(id);
+        if (!hasEnded(run)) {
+          this.#o.logger.warn(
+            `run ${run.id} (${run.name}): still alive after ${grace} ms; SIGKILL`,
+          );
+          signalGroup(run.pid, "SIGKILL");
+        }
+      }, grace);
+      this.#stopTimers.set(id, timer);
+    }
+    return true;
+  }
+
+  /** Stops every running run and waits until they have all ended. */
+  async stopAll(): Promise<void> {
+    const waits: Promise<void>[] = [];
+    for (const run of this.#runs.values()) {
+      if (hasEnded(run)) continue;
+      waits.push(new Promise((resolve) => this.onExit(run.id, () => resolve())));
+      this.stop(run.id);
+    }
+    await Promise.all(waits);
+  }
+
+  /** Records that a manager has received the run's exit status. */
+  async release(id: string): Promise<boolean> {
+    const run = this.#runs.get(id);
+    if (!run || !hasEnded(run)) return false;
+    if (run.delivered) return true;
+    run.delivered = true;
+    await this.#o.store.markDelivered(id).catch((e) =>
+      this.#o.logger.error(`run ${id}: cannot record its delivery: ${(e as Error).message}`)
+    );
+    this.#prune();
+    return true;
   }
 
   /**
@@ -129,7 +311,7 @@ export class RunTable {
   onExit(id: string, listener: ExitListener): () => void {
     const run = this.#runs.get(id);
     if (!run) return () => {};
-    if (run.exit) {
+    if (hasEnded(run)) {
       queueMicrotask(() => listener(run));
       return () => {};
     }
@@ -139,19 +321,170 @@ export class RunTable {
     return () => set.delete(listener);
   }
 
-  #ended(run: Run, exit: ExitStatus): void {
+  /** Stops background work (watchers, timers); processes are left alone. */
+  close(): void {
+    this.#closed = true;
+    if (this.#poller !== null) clearInterval(this.#poller);
+    this.#poller = null;
+    for (const t of this.#stopTimers.values()) clearTimeout(t);
+    this.#stopTimers.clear();
+  }
+
+  #add(run: Run): void {
+    this.#runs.set(run.id, run);
+    const prev = this.#byName.get(run.name);
+    if (!prev || prev.startedAt <= run.startedAt) this.#byName.set(run.name, run);
+    if (!hasEnded(run)) this.#running++;
+  }
+
+  #finish(run: Run, exit: ExitStatus | null, lost: string | null): void {
+    if (hasEnded(run)) return;
     run.exit = exit;
+    run.lost = exit ? null : lost;
     run.endedAt = new Date();
     this.#running--;
-    this.#finished.push(run.id);
-    while (this.#finished.length > this.#options.maxFinished) {
-      this.#runs.delete(this.#finished.shift()!);
+    this.#watched.delete(run);
+    const timer = this.#stopTimers.get(run.id);
+    if (timer !== undefined) clearTimeout(timer);
+    this.#stopTimers.delete(run.id);
+    this.#o.logger.info(describeRunEnd(run));
+    if (!exit) {
+      this.#o.store.writeExit(run.id, `lost ${lost}`).catch(() => {});
     }
-    this.#options.onEnded(run);
     const set = this.#listeners.get(run.id);
     this.#listeners.delete(run.id);
     for (const l of set ?? []) l(run);
+    this.#prune();
   }
+
+  /** Forgets finished runs beyond the count and age limits. */
+  #prune(): void {
+    const now = Date.now();
+    const finished = [...this.#runs.values()].filter(hasEnded).sort((a, b) =>
+      Number(b.delivered) - Number(a.delivered) ||
+      a.endedAt!.getTime() - b.endedAt!.getTime()
+    );
+    let excess = finished.length - this.#o.keepFinished;
+    for (const run of finished) {
+      const old = now - run.endedAt!.getTime() > this.#o.keepFinishedMs;
+      if (excess <= 0 && !old) continue;
+      excess--;
+      this.#runs.delete(run.id);
+      if (this.#byName.get(run.name) === run) this.#byName.delete(run.name);
+      this.#o.store.remove(run.id).catch(() => {});
+    }
+  }
+
+  async #recover(): Promise<void> {
+    const { runs, damaged } = await this.#o.store.loadAll();
+    for (const d of damaged) {
+      this.#o.logger.warn(`state: set aside a damaged run record: ${d}`);
+    }
+    for (const { record, exit, delivered } of runs) {
+      const lostLine = await Deno.readTextFile(this.#o.store.statusFile(record.id)).catch(() => "");
+      const run: Run = {
+        id: record.id,
+        name: record.name,
+        argv: record.argv,
+        pid: record.pid,
+        startedAt: new Date(record.startedAt),
+        launchedBy: record.launchedBy,
+        stopTimeoutMs: record.stopTimeoutMs,
+        exit,
+        lost: !exit && lostLine.startsWith("lost ") ? lostLine.slice(5).trim() : null,
+        endedAt: null,
+        delivered,
+        adopted: true,
+      };
+      if (hasEnded(run)) {
+        const st = await Deno.stat(this.#o.store.statusFile(record.id)).catch(() => null);
+        run.endedAt = st?.mtime ?? new Date();
+        this.#add(run);
+        continue;
+      }
+      this.#add(run);
+      if (record.bootId !== this.#boot) {
+        this.#finish(run, null, "the guest was restarted while it ran; its exit status is unknown");
+        continue;
+      }
+      const alive = record.pidStart !== null &&
+        (await processStartTime(record.pid)) === record.pidStart;
+      if (alive || (await processStartTime(record.supervisorPid)) !== null) {
+        this.#o.logger.info(
+          `state: re-adopted run ${run.id} (${run.name}) pid ${run.pid}, started ${record.startedAt}`,
+        );
+        this.#watch(run, record);
+      } else {
+        const late = await readStatusFile(this.#o.store.statusFile(record.id));
+        if (late) this.#finish(run, late, null);
+        else {
+          this.#finish(
+            run,
+            null,
+            "it ended while no supervisor recorded its exit status; its exit status is unknown",
+          );
+        }
+      }
+    }
+    this.#prune();
+  }
+
+  /** Watches a run this daemon is not the parent of (re-adopted ones). */
+  #watch(run: Run, record: RunRecord): void {
+    this.#watched.set(run, record.supervisorPid);
+    if (this.#poller !== null || this.#closed) return;
+    let busy = false;
+    this.#poller = setInterval(async () => {
+      if (busy) return;
+      busy = true;
+      try {
+        for (const [r, supervisorPid] of [...this.#watched]) {
+          const exit = await readStatusFile(this.#o.store.statusFile(r.id));
+          if (exit) {
+            this.#finish(r, exit, null);
+            continue;
+          }
+          const appAlive = (await processStartTime(r.pid)) !== null;
+          const supAlive = (await processStartTime(supervisorPid)) !== null;
+          if (!appAlive && !supAlive) {
+            const late = await readStatusFile(this.#o.store.statusFile(r.id));
+            this.#finish(
+              r,
+              late,
+              "it ended while no supervisor recorded its exit status; its exit status is unknown",
+            );
+          }
+        }
+        if (this.#watched.size === 0 && this.#poller !== null) {
+          clearInterval(this.#poller);
+          this.#poller = null;
+        }
+      } finally {
+        busy = false;
+      }
+    }, 250);
+  }
+}
+
+/**
+ * The name of a run launched without one: the program's base name and a
+ * short hash of the whole argv, so the same command attaches to itself and
+ * different ones do not.
+ *
+ * @example
+ * ```ts
+ * import { deriveName } from "./runs.ts";
+ * await deriveName(["/bin/sleep", "60"]); // "sleep-…"
+ * ```
+ */
+export async function deriveName(argv: readonly string[]): Promise<string> {
+  const base = (argv[0].split("/").pop() || "run").replace(/[^A-Za-z0-9._@:+-]/g, "_")
+    .replace(/^[^A-Za-z0-9]+/, "").slice(0, 100) || "run";
+  const digest = new Uint8Array(
+    await crypto.subtle.digest("SHA-256", new TextEncoder().encode(JSON.stringify(argv))),
+  );
+  const hex = Array.from(digest.subarray(0, 4), (b) => b.toString(16).padStart(2, "0")).join("");
+  return `${base}-${hex}`;
 }
 
 function _newRunId(): string {
@@ -166,9 +499,10 @@ function _newRunId(): string {
  *
  * @example
  * ```ts ignore
- * describeRunEnd(run); // "run lq3-9f2a… pid 4242 exited with code 0"
+ * describeRunEnd(run); // "run lq3-9f2a… (web) pid 4242 exited with code 0"
  * ```
  */
 export function describeRunEnd(run: Run): string {
-  return `run ${run.id} pid ${run.pid} ${run.exit ? describeExit(run.exit) : "still running"}`;
+  const how = run.exit ? describeExit(run.exit) : run.lost ? `lost: ${run.lost}` : "still running";
+  return `run ${run.id} (${run.name}) pid ${run.pid} ${how}`;
 }

@@ -1,6 +1,6 @@
 /**
  * The guest daemon, assembled: a mutual-TLS listener, one connection handler
- * per manager, one run table for all.
+ * per manager, one run table for all, recorded in the state directory.
  *
  * @module
  */
@@ -15,15 +15,19 @@ import {
 import { type Identity, listenTls, type TlsListener, type TrustStore } from "../tls/mod.ts";
 import { type Logger, silentLogger } from "../log/logger.ts";
 import { serveConnection, type ServedConnection } from "./connection.ts";
-import { describeRunEnd, RunTable } from "./runs.ts";
-import { spawnProcess } from "./supervisor.ts";
+import { DEFAULT_POLICY, type LaunchPolicy } from "./policy.ts";
+import { RunTable } from "./runs.ts";
+import { RunStore } from "./store.ts";
+import { detectSupervisor, spawnProcess, type SupervisorKind } from "./supervisor.ts";
 
 /** The port cmappserver listens on unless told otherwise. */
 export const DEFAULT_PORT = 5315;
 /** Default largest number of monitored processes. */
 export const DEFAULT_MAX_PROCESSES = 30;
-/** Default time allowed for the TLS handshake and the hello, in ms. */
+/** Default time allowed for the TLS handshake, and then for the hello, in ms. */
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+/** Default state directory. */
+export const DEFAULT_STATE_DIR = "/var/lib/cmappserver";
 
 /** Options for {@linkcode startServer}. */
 export interface ServerOptions {
@@ -31,16 +35,32 @@ export interface ServerOptions {
   identity: Identity;
   /** The managers allowed in. */
   trust: TrustStore;
+  /** Where runs are recorded so that they survive a restart. */
+  stateDir: string;
   /** Address to bind; "0.0.0.0" by default. */
   hostname?: string;
   /** Port to bind; 5315 by default, 0 for any free port. */
   port?: number;
   /** Largest number of processes monitored at once; 30 by default. */
   maxProcesses?: number;
-  /** Time allowed for the TLS handshake and the hello; 10 s by default. */
+  /** Largest number of connections at once (handshaking or not); 4096 by default. */
+  maxConnections?: number;
+  /** Time allowed for the TLS handshake, and then for the hello; 10 s by default. */
   handshakeTimeoutMs?: number;
+  /** A connection silent for this long is closed; 120 s by default. */
+  idleTimeoutMs?: number;
   /** Largest frame payload accepted; 1 MiB by default. */
   maxFrameSize?: number;
+  /** Finished runs kept for late managers; 1000 by default. */
+  keepFinished?: number;
+  /** How long finished runs are kept; 7 days by default. */
+  keepFinishedMs?: number;
+  /** Default grace period between SIGTERM and SIGKILL when stopping a run; 10 s by default. */
+  stopTimeoutMs?: number;
+  /** What may be launched; anything, as root's own user, by default. */
+  policy?: Partial<LaunchPolicy>;
+  /** The per-run supervisor; perl when installed, else sh. */
+  supervisor?: SupervisorKind;
   /** Where events go; nowhere by default. */
   logger?: Logger;
 }
@@ -58,9 +78,10 @@ export interface CmappServer {
   /**
    * Stops listening, tells every connected manager that the server is
    * shutting down, and closes the connections. Monitored processes are
-   * left running, as when a connection drops.
+   * left running (and re-adopted by the next server on the same state
+   * directory) unless `stopRuns` is set.
    */
-  close(): Promise<void>;
+  close(options?: { stopRuns?: boolean }): Promise<void>;
 }
 
 /**
@@ -73,6 +94,7 @@ export interface CmappServer {
  * const server = await startServer({
  *   identity: await loadIdentity("/etc/cmappserver"),
  *   trust: await loadTrust("/etc/cmappserver", "manager"),
+ *   stateDir: "/var/lib/cmappserver",
  *   hostname: "127.0.0.1",
  *   port: 0,
  * });
@@ -84,61 +106,80 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
   const logger = options.logger ?? silentLogger;
   const maxFrameSize = options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE;
   const handshakeTimeoutMs = options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
-  const table = new RunTable({
+  const maxConnections = options.maxConnections ?? 4096;
+  const supervisor = options.supervisor ?? await detectSupervisor();
+  const store = await RunStore.open(options.stateDir);
+  const table = await RunTable.open({
     maxProcesses: options.maxProcesses ?? DEFAULT_MAX_PROCESSES,
-    spawn: (argv) => spawnProcess(argv),
-    onEnded: (run) => logger.info(describeRunEnd(run)),
+    keepFinished: options.keepFinished ?? 1000,
+    keepFinishedMs: options.keepFinishedMs ?? 7 * 86400_000,
+    stopTimeoutMs: options.stopTimeoutMs ?? 10_000,
+    policy: { ...DEFAULT_POLICY, ...options.policy },
+    supervisor,
+    store,
+    spawn: spawnProcess,
+    logger,
   });
   const connections = new Set<ServedConnection>();
-  const listener: TlsListener = await listenTls({
-    identity: options.identity,
-    trust: options.trust,
-    hostname: options.hostname ?? "0.0.0.0",
-    port: options.port ?? DEFAULT_PORT,
-    handshakeTimeoutMs,
-    onHandshakeError(address, reason) {
-      logger.warn(`rejected connection from ${address}: ${reason}`);
-    },
-    onSecureConnection(socket, peer) {
-      if (peer.problem || !peer.fingerprint) {
-        logger.warn(`rejected manager ${peer.address}: ${peer.problem}`);
-        const refusal: ServerMessage = {
-          type: "error",
-          code: "unauthorized",
-          message: `cmappserver refuses your certificate: ${peer.problem}`.slice(
-            0,
-            MAX_TEXT_LENGTH,
-          ),
-        };
-        socket.end(encodeFrame(encodeMessage(refusal)));
-        setTimeout(() => socket.destroy(), 1000).unref?.();
-        return;
-      }
-      logger.info(`accepted manager ${peer.address} (${peer.fingerprint})`);
-      const conn = serveConnection(socket, {
-        address: peer.address,
-        fingerprint: peer.fingerprint,
-      }, {
-        table,
-        logger,
-        maxFrameSize,
-        helloTimeoutMs: handshakeTimeoutMs,
-      });
-      connections.add(conn);
-      conn.done.then(() => connections.delete(conn));
-    },
-  });
+  let listener: TlsListener;
+  try {
+    listener = await listenTls({
+      identity: options.identity,
+      trust: options.trust,
+      hostname: options.hostname ?? "0.0.0.0",
+      port: options.port ?? DEFAULT_PORT,
+      handshakeTimeoutMs,
+      maxConnections,
+      onHandshakeError(address, reason) {
+        logger.warn(`rejected connection from ${address}: ${reason}`);
+      },
+      onSecureConnection(socket, peer) {
+        if (peer.problem || !peer.fingerprint) {
+          logger.warn(`rejected manager ${peer.address}: ${peer.problem}`);
+          const refusal: ServerMessage = {
+            type: "error",
+            code: "unauthorized",
+            message: `cmappserver refuses your certificate: ${peer.problem}`.slice(
+              0,
+              MAX_TEXT_LENGTH,
+            ),
+          };
+          socket.end(encodeFrame(encodeMessage(refusal)));
+          setTimeout(() => socket.destroy(), 1000);
+          return;
+        }
+        logger.info(`accepted manager ${peer.address} (${peer.fingerprint})`);
+        const conn = serveConnection(socket, {
+          address: peer.address,
+          fingerprint: peer.fingerprint,
+        }, {
+          table,
+          logger,
+          maxFrameSize,
+          helloTimeoutMs: handshakeTimeoutMs,
+          idleTimeoutMs: options.idleTimeoutMs ?? 120_000,
+        });
+        connections.add(conn);
+        conn.done.then(() => connections.delete(conn));
+      },
+    });
+  } catch (e) {
+    table.close();
+    throw e;
+  }
   logger.info(
     `listening on ${listener.hostname}:${listener.port}, ${options.trust.byFingerprint.size} ` +
-      `trusted manager(s), up to ${table.maxProcesses} processes`,
+      `trusted manager(s), up to ${table.maxProcesses} processes, ${supervisor} supervisor, ` +
+      `state in ${store.dir}`,
   );
   return {
     hostname: listener.hostname,
     port: listener.port,
     runs: table,
     setTrust: (t) => listener.setTrust(t),
-    async close() {
+    async close(opts = {}) {
       const closing = listener.close();
+      if (opts.stopRuns) await table.stopAll();
       const all = [...connections];
       for (const c of all) {
         c.shutdown(`cmappserver is shutting down; ${table.running} process(es) keep running`);
@@ -147,6 +188,7 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
       const timer = setTimeout(() => all.forEach((c) => c.destroy()), 2000);
       await Promise.all([closing, ...all.map((c) => c.done)]);
       clearTimeout(timer);
+      table.close();
     },
   };
 }

@@ -96,6 +96,8 @@ export async function startServerProcess(
       "0",
       "-loglevel",
       "debug",
+      ...(extraArgs.includes("-statedir") ? [] : ["-statedir", `${keydir}-state`]),
+      ...(extraArgs.includes("-config") ? [] : ["-config", "/dev/null"]),
       ...extraArgs,
     ],
     stdin: "null",

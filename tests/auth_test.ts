@@ -147,6 +147,7 @@ Deno.test("certificates: the manager checks the server's dates and names", async
         const server = await startServer({
           identity: { keyPem: id.keyPem, certPem: id.certPem, info: id.info },
           trust: serverTrust,
+          stateDir: `${keys.root.path}/state-${c.name.length}`,
           hostname: "127.0.0.1",
           port: 0,
         });

@@ -218,13 +218,15 @@ Deno.test("cmappserver command line", async (t) => {
       const r = await runServerCli([
         "-keydir",
         keys.server,
+        "-statedir",
+        `${keys.root.path}/state`,
         "-bind",
         "127.0.0.1",
         "-port",
         String(port),
       ]);
       assert.equal(r.code, 1);
-      assert.match(r.stderr, /cannot listen on 127\.0\.0\.1:\d+/);
+      assert.match(r.stderr, /cannot start serving on 127\.0\.0\.1:\d+: .*address already in use/);
     } finally {
       l.close();
       await keys.root.cleanup();

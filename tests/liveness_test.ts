@@ -18,8 +18,8 @@ Deno.test("a frozen cmappserver is declared lost with its own exit code", async 
       "/bin/sleep",
       "30",
     ));
-    await server.waitForLog(/started run \S+ pid (\d+)/);
-    const pid = Number(/started run \S+ pid (\d+)/.exec(server.log())![1]);
+    await server.waitForLog(/started run \S+ \(\S+\) pid (\d+)/);
+    const pid = Number(/started run \S+ \(\S+\) pid (\d+)/.exec(server.log())![1]);
     Deno.kill(server.pid, "SIGSTOP");
     frozen = true;
     const r = await mgr;

@@ -26,14 +26,18 @@ Deno.test("the 31st concurrent process is refused and nothing else is disturbed"
   try {
     const runs: string[] = [];
     for (let i = 0; i < 30; i++) {
-      const r = await c.launch(["/bin/sleep", "600"]);
+      const r = await c.launch(["/bin/sleep", "600"], { name: `sleeper-${i}` });
+      assert.equal(r.attached, false);
       runs.push(r.run);
       pids.push(r.pid);
     }
-    const refused = await c.launch(["/bin/sleep", "600"]).then(() => null, (e) => e);
+    const refused = await c.launch(["/bin/sleep", "600"], { name: "one-too-many" }).then(
+      () => null,
+      (e) => e,
+    );
     assert.ok(refused instanceof LaunchError, String(refused));
     assert.equal(refused.code, "limit");
-    assert.match(refused.message, /already monitoring 30 processes.*-max_processes 30/);
+    assert.match(refused.message, /already monitoring 30 processes.*max_processes 30/);
     // All 30 still run, and the connection still works.
     for (const run of runs) assert.equal((await c.status(run)).state, "running");
     for (const pid of pids) assert.ok(alive(pid));

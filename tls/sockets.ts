@@ -73,6 +73,8 @@ export interface TlsListenOptions {
   port: number;
   /** A client that has not finished the handshake by then is dropped. */
   handshakeTimeoutMs: number;
+  /** Connections beyond this many at once are dropped on arrival. */
+  maxConnections?: number;
   /** A handshake completed; `peer.problem` says whether to refuse it. */
   onSecureConnection(socket: TlsSocket, peer: PeerCheck): void;
   /** A handshake failed (garbage, plaintext, untrusted certificate, timeout). */
@@ -114,6 +116,31 @@ export function listenTls(options: TlsListenOptions): Promise<TlsListener> {
     handshakeTimeout: options.handshakeTimeoutMs,
     minVersion: "TLSv1.2",
   });
+  if (options.maxConnections !== undefined) {
+    let open = 0;
+    server.on(
+      "connection",
+      (
+        raw: {
+          remoteAddress?: string;
+          remotePort?: number;
+          destroy(): void;
+          once(e: "close", f: () => void): void;
+        },
+      ) => {
+        if (open >= options.maxConnections!) {
+          options.onHandshakeError(
+            _address(raw),
+            `dropped: ${open} connections already open (max_connections ${options.maxConnections})`,
+          );
+          raw.destroy();
+          return;
+        }
+        open++;
+        raw.once("close", () => open--);
+      },
+    );
+  }
   server.on("secureConnection", (sock: tls.TLSSocket) => {
     sock.setNoDelay(true);
     // Errors after this point belong to the connection's owner; until it

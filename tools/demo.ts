@@ -52,7 +52,16 @@ try {
   say(`$ cp ${dir}/guest/cert.pem ${dir}/host/trusted/guest.pem`);
 
   say("\n3. The guest daemon on loopback (a free port instead of 5315):");
-  const serverArgs = ["-keydir", `${dir}/guest`, "-bind", "127.0.0.1", "-port", "0"];
+  const serverArgs = [
+    "-keydir",
+    `${dir}/guest`,
+    "-statedir",
+    `${dir}/state`,
+    "-bind",
+    "127.0.0.1",
+    "-port",
+    "0",
+  ];
   server = new Deno.Command(Deno.execPath(), {
     args: [...programCommand("cmappserver"), ...serverArgs],
     stdin: "null",
