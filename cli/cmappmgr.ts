@@ -65,7 +65,7 @@ Exit status:
   204      incompatible protocol version
   205      cmappserver lost: no answer for -cmappserver_timeout while monitoring
   206      cmappserver refused to start the command (e.g. its process limit)
-  207      cmappserver no longer knows the run
+  207      the run is lost: its exit status cannot be known
   208      local key directory missing or invalid
 `;
 

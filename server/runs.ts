@@ -15,7 +15,7 @@ import {
   bootId,
   processStartTime,
   readStatusFile,
-  signalGroup,
+  signalSession,
   type SpawnedProcess,
   type SpawnFailure,
   type SpawnRequest,
@@ -264,7 +264,7 @@ export class RunTable {
     this.#o.logger.info(
       `run ${run.id} (${run.name}) pid ${run.pid}: stopping (SIGTERM, SIGKILL after ${grace} ms)`,
     );
-    signalGroup(run.pid, "SIGTERM");
+    void signalSession(run.pid, "SIGTERM");
     if (!this.#stopTimers.has(id)) {
       const timer = setTimeout(() => {
         this.#stopTimers.delete(id);
@@ -272,7 +272,7 @@ export class RunTable {
           this.#o.logger.warn(
             `run ${run.id} (${run.name}): still alive after ${grace} ms; SIGKILL`,
           );
-          signalGroup(run.pid, "SIGKILL");
+          void signalSession(run.pid, "SIGKILL");
         }
       }, grace);
       this.#stopTimers.set(id, timer);
