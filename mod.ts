@@ -67,6 +67,7 @@ export type {
 export type { LaunchPolicy, LaunchRequest } from "./server/policy.ts";
 export type { RunRecord, RunStore, StoredRun } from "./server/store.ts";
 export type {
+  HelperPaths,
   SpawnedProcess,
   SpawnFailure,
   SpawnRequest,

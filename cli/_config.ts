@@ -65,6 +65,26 @@ export class Settings {
     });
   }
 
+  /** A string option that must be one of `choices`. */
+  choice<T extends string>(name: string, fallback: T, choices: readonly T[]): T {
+    return this.#check(name, () => {
+      const v = stringOption(this.#values, name, fallback);
+      if (!choices.includes(v as T)) {
+        throw new UsageError(`${name} must be ${choices.join(", ")}, not ${v}`);
+      }
+      return v as T;
+    });
+  }
+
+  /** A repeatable option's values, each checked by `check` (which throws UsageError). */
+  checkedList(name: string, check: (value: string) => void): string[] {
+    return this.#check(name, () => {
+      const list = this.list(name);
+      list.forEach(check);
+      return list;
+    });
+  }
+
   /** A repeatable option's values. */
   list(name: string): string[] {
     const v = this.#values[name];

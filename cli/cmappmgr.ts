@@ -1,18 +1,22 @@
 /**
  * cmappmgr: the host-side command line. Runs one command on a guest's
- * cmappserver, follows it, and exits with its exit status. Arguments, key
- * loading and exit statuses; the behaviour is manager/.
+ * cmappserver, follows it, and exits with its exit status; or lists the
+ * guest's runs, or pings it. Arguments, the configuration file, key loading,
+ * logging destinations, signals and exit statuses; the behaviour is manager/.
  *
  * @module
  */
 
-import { createLogger, type LogLevel, parseLogLevel } from "../log/logger.ts";
-import { LaunchError, ManagerError, runCommand } from "../manager/mod.ts";
+import { createLogger, type Logger, type LogLevel } from "../log/logger.ts";
+import { FileSink, type LogSink, stderrSink, SyslogSink } from "../log/sinks.ts";
+import { connect, LaunchError, ManagerError, runCommand } from "../manager/mod.ts";
 import {
   describeExit,
   formatVersion,
   PROTOCOL_VERSION,
+  type RunInfo,
   shellExitCode,
+  signalNumber,
   SOFTWARE_VERSION,
 } from "../protocol/mod.ts";
 import {
@@ -22,52 +26,284 @@ import {
   loadTrust,
   type TrustStore,
 } from "../tls/mod.ts";
-import { intOption, parseArgs, secondsOption, stringOption, UsageError } from "./_args.ts";
+import { type OptionSpec, parseArgs, UsageError } from "./_args.ts";
+import { mergeSettings, readConfig } from "./_config.ts";
 import { printErr, printOut } from "./_io.ts";
 import { runKeygen } from "./_keygen.ts";
 import { EXIT_FOR_KIND, MGR_EXIT } from "./exit_codes.ts";
 
 const PROGRAM = "cmappmgr";
 const DEFAULT_KEYDIR = "/etc/cmappmgr";
+const DEFAULT_CONFIG = "/etc/cmappmgr.conf";
+
+const SPEC: Record<string, OptionSpec> = {
+  config: { type: "string" },
+  node: { type: "string" },
+  port: { type: "string" },
+  keydir: { type: "string" },
+  service_name: { type: "string" },
+  cmappserver_timeout: { type: "string" },
+  poll_interval: { type: "string" },
+  stop_timeout: { type: "string" },
+  detach_on_exit: { type: "boolean" },
+  env: { type: "string", multiple: true },
+  cwd: { type: "string" },
+  user: { type: "string" },
+  group: { type: "string" },
+  hostlogfile: { type: "string" },
+  loglevel: { type: "string" },
+  syslog: { type: "string" },
+  list: { type: "boolean" },
+  json: { type: "boolean" },
+  ping: { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+  version: { type: "boolean", short: "V" },
+};
 
 const USAGE = `usage: cmappmgr -node HOST [options] [--] COMMAND [ARG]...
-       cmappmgr keygen [-keydir DIR] [-force]
+       cmappmgr -node HOST -list [-json]
+       cmappmgr -node HOST -ping
+       cmappmgr keygen [-keydir DIR] [-name NAME]... [-algorithm ed25519|p256] [-force]
 
 Asks the cmappserver on HOST to run COMMAND (directly, no shell), follows it,
-and exits with its exit status.
+and exits with its exit status. Options may also be set in the configuration
+file as "name = value"; the command line wins. docs/cmappmgr.md describes each.
 
 Options (-opt VALUE, --opt VALUE and --opt=VALUE are the same; options end at
 the first argument that is not one, or at --):
   -node HOST                 the guest running cmappserver (required)
   -port N                    its TCP port (default 5315)
+  -config FILE               configuration file (default ${DEFAULT_CONFIG}, if present)
+  -keydir DIR                key directory: key.pem, cert.pem and trusted/*.pem,
+                             the guests we trust (default ${DEFAULT_KEYDIR})
   -service_name NAME         the run's name on the guest: a launch under a name
                              that is still running attaches to it instead of
                              starting a second copy (default: derived from COMMAND)
-  -keydir DIR                key directory: key.pem, cert.pem and trusted/*.pem,
-                             the guests we trust (default ${DEFAULT_KEYDIR})
   -cmappserver_timeout SECS  how long the guest may stay unreachable or silent
                              before cmappmgr gives up (default 30)
   -poll_interval SECS        status poll interval (default 1)
-  -loglevel LEVEL            error, warn (default), info or debug; to stderr
+  -stop_timeout SECS         on SIGTERM/SIGINT: grace between the application's
+                             SIGTERM and SIGKILL (default: the guest's, 10)
+  -detach_on_exit            on SIGTERM/SIGINT: leave the application running
+  -env NAME=VALUE            environment of the command (repeatable; PATH
+                             defaults to the guest's standard one)
+  -cwd DIR                   its working directory (default /)
+  -user USER, -group GROUP   run it as USER (the guest's allow_user decides)
+  -hostlogfile FILE          log state changes and errors to FILE (reopened on SIGHUP)
+  -loglevel LEVEL            error, warn, info (default) or debug, for the log file
+                             and syslog; stderr gets warnings and errors
+  -syslog yes|no             also log to syslog, tag cmappmgr (default yes, when
+                             /dev/log exists)
+  -list                      list the guest's runs (with -json: as JSON)
+  -ping                      check that the guest is reachable and trusts us
   -help                      this text
   -version                   the version
+
+Signals: SIGTERM or SIGINT: ask the guest to stop the application (SIGTERM to its
+process group, SIGKILL after -stop_timeout), wait for it, exit with its status;
+with -detach_on_exit leave it running and exit 0. A second signal exits at once.
+SIGHUP: reopen the log file.
 
 Exit status:
   N        the command exited with N
   128+N    the command was killed by signal N
   126      the command could not be executed on the guest
   127      the command was not found on the guest
-  2        bad command line
+  0        -list or -ping succeeded; or detached on SIGTERM/SIGINT
+  2        bad command line or configuration file
   200      cannot connect to cmappserver within -cmappserver_timeout
   201      cmappserver's certificate is not trusted (not pinned, expired, wrong name)
   202      cmappserver refused our certificate
   203      protocol error
   204      incompatible protocol version
   205      cmappserver lost: no answer for -cmappserver_timeout while monitoring
-  206      cmappserver refused to start the command (e.g. its process limit)
+  206      cmappserver refused to start the command (process limit, policy)
   207      the run is lost: its exit status cannot be known
   208      local key directory missing or invalid
 `;
+
+interface _Config {
+  node: string;
+  port: number;
+  keydir: string;
+  serviceName: string;
+  timeoutMs: number;
+  pollMs: number;
+  stopTimeoutMs: number | undefined;
+  detach: boolean;
+  env: Record<string, string> | undefined;
+  cwd: string | undefined;
+  user: string | undefined;
+  group: string | undefined;
+  hostlogfile: string;
+  level: LogLevel;
+  syslog: boolean;
+  verb: "run" | "list" | "ping";
+  json: boolean;
+  argv: string[];
+}
+
+async function _parse(args: string[]): Promise<_Config | number> {
+  const { values, rest } = parseArgs(args, SPEC);
+  if (values.help) {
+    printOut(USAGE);
+    return 0;
+  }
+  if (values.version) {
+    printOut(`cmappmgr ${SOFTWARE_VERSION} (protocol ${formatVersion(PROTOCOL_VERSION)})\n`);
+    return 0;
+  }
+  const configPath = typeof values.config === "string" ? values.config : DEFAULT_CONFIG;
+  const file = await readConfig(configPath, SPEC, values.config === undefined);
+  for (const k of ["list", "json", "ping", "node"]) {
+    if (file && k in file.values) {
+      throw new UsageError(`${file.sources[k]}: ${k} belongs on the command line`);
+    }
+  }
+  const s = mergeSettings(file, values);
+  const node = s.string("node", "");
+  if (!node) throw new UsageError("-node HOST is required");
+  const verb = values.list ? "list" : values.ping ? "ping" : "run";
+  if (values.list && values.ping) throw new UsageError("-list and -ping exclude each other");
+  if (verb === "run" && rest.length === 0) throw new UsageError("no command given");
+  if (verb !== "run" && rest.length > 0) {
+    throw new UsageError(`-${verb} takes no command (got ${rest[0]})`);
+  }
+  const level = s.choice("loglevel", "info", ["error", "warn", "info", "debug"] as const);
+  let env: Record<string, string> | undefined;
+  for (const e of s.list("env")) {
+    const i = e.indexOf("=");
+    if (i <= 0) throw new UsageError(`-env takes NAME=VALUE, not ${e}`);
+    (env ??= {})[e.slice(0, i)] = e.slice(i + 1);
+  }
+  const optional = (name: string) => s.has(name) ? s.string(name, "") : undefined;
+  return {
+    node,
+    port: s.int("port", 5315, 1, 65535),
+    keydir: s.string("keydir", DEFAULT_KEYDIR),
+    serviceName: s.string("service_name", ""),
+    timeoutMs: s.seconds("cmappserver_timeout", 30, 0.1, 86400),
+    pollMs: s.seconds("poll_interval", 1, 0.01, 3600),
+    stopTimeoutMs: s.has("stop_timeout") ? s.seconds("stop_timeout", 10, 0, 86400) : undefined,
+    detach: s.bool("detach_on_exit", false),
+    env,
+    cwd: optional("cwd"),
+    user: optional("user"),
+    group: optional("group"),
+    hostlogfile: s.string("hostlogfile", ""),
+    level,
+    syslog: s.bool("syslog", true),
+    verb,
+    json: values.json === true,
+    argv: rest,
+  };
+}
+
+function _fail(e: unknown): number {
+  if (e instanceof LaunchError) {
+    printErr(`cmappmgr: ${e.message}\n`);
+    if (e.code === "not_found") return MGR_EXIT.notFound;
+    if (e.code === "not_executable" || e.code === "spawn_failed") return MGR_EXIT.notExecutable;
+    return MGR_EXIT.refused;
+  }
+  if (e instanceof ManagerError) {
+    printErr(`cmappmgr: ${e.message}\n`);
+    return EXIT_FOR_KIND[e.kind];
+  }
+  throw e;
+}
+
+function _table(runs: RunInfo[]): string {
+  const rows = [["RUN", "NAME", "PID", "STATE", "STARTED", "EXIT", "MANAGER"]];
+  for (const r of runs) {
+    const exit = r.lost
+      ? "lost"
+      : !r.exit
+      ? "-"
+      : "code" in r.exit
+      ? String(r.exit.code)
+      : `signal ${r.exit.signal}`;
+    rows.push([
+      r.run,
+      r.name,
+      String(r.pid),
+      r.state,
+      r.started_at.replace(/\.\d+Z$/, "Z"),
+      exit + (r.state === "exited" && !r.delivered ? " (unclaimed)" : ""),
+      r.launched_by.slice(0, 23),
+    ]);
+  }
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd()).join("\n") +
+    "\n";
+}
+
+async function _otherVerb(cfg: _Config, identity: Identity, trust: TrustStore): Promise<number> {
+  try {
+    const client = await connect({
+      host: cfg.node,
+      port: cfg.port,
+      identity,
+      trust,
+      timeoutMs: cfg.timeoutMs,
+    });
+    try {
+      if (cfg.verb === "ping") {
+        const t0 = performance.now();
+        await client.ping();
+        printOut(
+          `${cfg.node}:${cfg.port} is reachable and trusts us: ${client.serverAgent}, protocol ` +
+            `${
+              formatVersion(client.version)
+            }, certificate ${client.serverCertificate.fingerprint}, ` +
+            `round trip ${(performance.now() - t0).toFixed(1)} ms\n`,
+        );
+        return 0;
+      }
+      if (client.version.minor < 1) {
+        throw new ManagerError("version", `${client.serverAgent} does not support -list`);
+      }
+      const runs = await client.list();
+      printOut(cfg.json ? JSON.stringify(runs, null, 2) + "\n" : _table(runs));
+      return 0;
+    } finally {
+      client.close();
+      await client.closed;
+    }
+  } catch (e) {
+    return _fail(e);
+  }
+}
+
+function _logger(
+  cfg: _Config,
+): { logger: Logger; quiet: Logger; reopen(): void; close(): Promise<void> } {
+  const file = cfg.hostlogfile ? new FileSink(cfg.hostlogfile) : null;
+  let syslog: SyslogSink | null = null;
+  if (cfg.syslog) {
+    try {
+      Deno.statSync("/dev/log");
+      syslog = new SyslogSink(PROGRAM);
+    } catch {
+      // No syslog on this host: nothing to send to.
+    }
+  }
+  const quietSinks: LogSink[] = [];
+  if (file) quietSinks.push(file);
+  if (syslog) quietSinks.push(syslog);
+  const sinks = [{ sink: stderrSink, level: "warn" as LogLevel }, ...quietSinks];
+  const prefix = cfg.serviceName ? `[${cfg.serviceName}] ` : "";
+  return {
+    logger: createLogger({ program: PROGRAM, level: cfg.level, sinks, prefix }),
+    // For what is also printed on stderr by other means (the final error line).
+    quiet: createLogger({ program: PROGRAM, level: cfg.level, sinks: quietSinks, prefix }),
+    reopen: () => file?.reopen(),
+    close: async () => {
+      await syslog?.close();
+      await file?.close();
+    },
+  };
+}
 
 async function main(args: string[]): Promise<number> {
   if (args[0] === "keygen") {
@@ -78,81 +314,81 @@ async function main(args: string[]): Promise<number> {
       nextStep: `Copy cert.pem to each guest's cmappserver key directory, under trusted/.`,
     }, args.slice(1));
   }
-  let node: string, port: number, keydir: string, timeoutMs: number, pollMs: number;
-  let level: LogLevel, argv: string[], serviceName: string;
+  let cfg: _Config;
   try {
-    const { values, rest } = parseArgs(args, {
-      node: { type: "string" },
-      service_name: { type: "string" },
-      port: { type: "string" },
-      keydir: { type: "string" },
-      cmappserver_timeout: { type: "string" },
-      poll_interval: { type: "string" },
-      loglevel: { type: "string" },
-      help: { type: "boolean", short: "h" },
-      version: { type: "boolean", short: "V" },
-    });
-    if (values.help) {
-      printOut(USAGE);
-      return 0;
-    }
-    if (values.version) {
-      printOut(`cmappmgr ${SOFTWARE_VERSION} (protocol ${formatVersion(PROTOCOL_VERSION)})\n`);
-      return 0;
-    }
-    node = stringOption(values, "node", "");
-    if (!node) throw new UsageError("-node HOST is required");
-    if (rest.length === 0) throw new UsageError("no command given");
-    argv = rest;
-    serviceName = stringOption(values, "service_name", "");
-    port = intOption(values, "port", 5315, 1, 65535);
-    keydir = stringOption(values, "keydir", DEFAULT_KEYDIR);
-    timeoutMs = secondsOption(values, "cmappserver_timeout", 30, 0.1, 86400);
-    pollMs = secondsOption(values, "poll_interval", 1, 0.01, 3600);
-    const l = parseLogLevel(stringOption(values, "loglevel", "warn"));
-    if (!l) throw new UsageError(`-loglevel must be error, warn, info or debug`);
-    level = l;
+    const parsed = await _parse(args);
+    if (typeof parsed === "number") return parsed;
+    cfg = parsed;
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
     printErr(`cmappmgr: ${e.message}\n${USAGE}`);
     return MGR_EXIT.usage;
   }
-  const logger = createLogger({ program: PROGRAM, level });
   let identity: Identity, trust: TrustStore;
   try {
-    identity = await loadIdentity(keydir, PROGRAM);
-    trust = await loadTrust(keydir, "server");
+    identity = await loadIdentity(cfg.keydir, PROGRAM);
+    trust = await loadTrust(cfg.keydir, "server");
   } catch (e) {
     if (!(e instanceof KeyDirError)) throw e;
     printErr(`cmappmgr: ${e.message}\n`);
     return MGR_EXIT.config;
   }
+  if (cfg.verb !== "run") return await _otherVerb(cfg, identity, trust);
+
+  const log = _logger(cfg);
+  const { logger } = log;
+  const onHup = () => log.reopen();
+  Deno.addSignalListener("SIGHUP", onHup);
+  // The first SIGTERM/SIGINT stops (or detaches from) the application; a second exits at once.
+  let signals = 0;
+  let interrupt!: (what: "stop" | "detach") => void;
+  const interrupted = new Promise<"stop" | "detach">((r) => interrupt = r);
+  const onSignal = (sig: "SIGTERM" | "SIGINT") => () => {
+    signals++;
+    if (signals === 1) {
+      logger.info(
+        `${sig}: ${
+          cfg.detach ? "detaching; the application keeps running" : "stopping the application"
+        }`,
+      );
+      interrupt(cfg.detach ? "detach" : "stop");
+      return;
+    }
+    logger.warn(`${sig} again: exiting without waiting for the application`);
+    Deno.exit(128 + (signalNumber(sig) ?? 15));
+  };
+  const handlers = [["SIGTERM", onSignal("SIGTERM")], ["SIGINT", onSignal("SIGINT")]] as const;
+  for (const [sig, h] of handlers) Deno.addSignalListener(sig, h);
   try {
     const outcome = await runCommand({
-      host: node,
-      port,
+      host: cfg.node,
+      port: cfg.port,
       identity,
       trust,
-      argv,
-      launch: serviceName ? { name: serviceName } : undefined,
-      serverTimeoutMs: timeoutMs,
-      pollIntervalMs: pollMs,
+      argv: cfg.argv,
+      launch: {
+        name: cfg.serviceName || undefined,
+        env: cfg.env,
+        cwd: cfg.cwd,
+        user: cfg.user,
+        group: cfg.group,
+      },
+      serverTimeoutMs: cfg.timeoutMs,
+      pollIntervalMs: cfg.pollMs,
+      stopTimeoutMs: cfg.stopTimeoutMs,
+      interrupt: interrupted,
       logger,
     });
+    if (!outcome.exit) return 0;
     logger.info(`run ${outcome.run} pid ${outcome.pid} ${describeExit(outcome.exit)}`);
     return shellExitCode(outcome.exit);
   } catch (e) {
-    if (e instanceof LaunchError) {
-      printErr(`cmappmgr: ${e.message}\n`);
-      if (e.code === "not_found") return MGR_EXIT.notFound;
-      if (e.code === "not_executable" || e.code === "spawn_failed") return MGR_EXIT.notExecutable;
-      return MGR_EXIT.refused;
-    }
-    if (e instanceof ManagerError) {
-      printErr(`cmappmgr: ${e.message}\n`);
-      return EXIT_FOR_KIND[e.kind];
-    }
-    throw e;
+    if (e instanceof LaunchError || e instanceof ManagerError) log.quiet.error(e.message);
+    return _fail(e);
+  } finally {
+    for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
+    Deno.removeSignalListener("SIGHUP", onHup);
+    await log.close();
   }
 }
 

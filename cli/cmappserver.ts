@@ -10,7 +10,7 @@
  * @module
  */
 
-import { createLogger, type LogLevel, parseLogLevel } from "../log/logger.ts";
+import { createLogger, type LogLevel } from "../log/logger.ts";
 import { FileSink, type LogSink, stderrSink, SyslogSink } from "../log/sinks.ts";
 import { formatVersion, PROTOCOL_VERSION, SOFTWARE_VERSION } from "../protocol/mod.ts";
 import {
@@ -131,12 +131,8 @@ async function main(args: string[]): Promise<number> {
     const configPath = typeof values.config === "string" ? values.config : DEFAULT_CONFIG;
     const file = await readConfig(configPath, SPEC, values.config === undefined);
     const s = mergeSettings(file, values);
-    const level = parseLogLevel(s.string("loglevel", "info"));
-    if (!level) throw new UsageError(`loglevel must be error, warn, info or debug`);
-    const supervisor = s.string("supervisor", "");
-    if (supervisor !== "" && supervisor !== "perl" && supervisor !== "sh") {
-      throw new UsageError(`supervisor must be perl or sh, not ${supervisor}`);
-    }
+    const level = s.choice("loglevel", "info", ["error", "warn", "info", "debug"] as const);
+    const supervisor = s.choice("supervisor", "", ["perl", "sh", ""] as const);
     cfg = {
       keydir: s.string("keydir", DEFAULT_KEYDIR),
       bind: s.string("bind", "0.0.0.0"),
@@ -149,22 +145,21 @@ async function main(args: string[]): Promise<number> {
       maxFrame: s.int("max_frame", 1024 * 1024, 1024, 64 * 1024 * 1024),
       maxArgvBytes: s.int("max_argv_bytes", 256 * 1024, 16, 64 * 1024 * 1024),
       maxEnvBytes: s.int("max_env_bytes", 256 * 1024, 16, 64 * 1024 * 1024),
-      keepFinished: s.int("keep_finished", 1000, 0, 1_000_000),
+      keepFinished: s.int("keep_finished", 1000, 1, 1_000_000),
       keepFinishedMs: s.seconds("keep_finished_for", 604800, 1, 10 * 365 * 86400),
       stopTimeoutMs: s.seconds("stop_timeout", 10, 0, 86400),
       stopOnExit: s.bool("stop_on_exit", false),
-      allowExec: s.list("allow_exec"),
+      allowExec: s.checkedList("allow_exec", (g) => {
+        if (!g.startsWith("/")) {
+          throw new UsageError(`allow_exec ${g} must be an absolute path or glob`);
+        }
+      }),
       allowUsers: s.list("allow_user"),
-      supervisor: supervisor === "" ? undefined : supervisor as "perl" | "sh",
+      supervisor: supervisor === "" ? undefined : supervisor,
       level: level as LogLevel,
       logfile: s.string("logfile", ""),
       syslog: s.bool("syslog", false),
     };
-    for (const g of cfg.allowExec) {
-      if (!g.startsWith("/")) {
-        throw new UsageError(`allow_exec ${g} must be an absolute path or glob`);
-      }
-    }
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
     printErr(`cmappserver: ${e.message}\n`);

@@ -38,8 +38,11 @@ export interface LoggerOptions {
   level: LogLevel;
   /** Receives each formatted line (without newline); stderr by default. */
   write?: (line: string) => void;
-  /** Destinations; used instead of `write` when given. */
-  sinks?: LogSink[];
+  /**
+   * Destinations; used instead of `write` when given. A destination given
+   * with its own level gets only lines at that level or more severe.
+   */
+  sinks?: (LogSink | { sink: LogSink; level: LogLevel })[];
   /** Prepended to each message, e.g. "[web] " for a service name. */
   prefix?: string;
 }
@@ -57,15 +60,20 @@ export interface LoggerOptions {
  */
 export function createLogger(options: LoggerOptions): Logger {
   const write = options.write;
-  const sinks = options.sinks ?? (write ? [] : [stderrSink]);
-  const max = _RANK[options.level];
+  const sinks = (options.sinks ?? (write ? [] : [stderrSink])).map((s) =>
+    "sink" in s ? { sink: s.sink, max: Math.min(_RANK[s.level], _RANK[options.level]) } : {
+      sink: s,
+      max: _RANK[options.level],
+    }
+  );
+  const max = Math.max(_RANK[options.level], ...sinks.map((s) => s.max));
   const prefix = options.prefix ?? "";
   const emit = (level: LogLevel) => (message: string) => {
     if (_RANK[level] > max) return;
     const text = prefix + message;
     const line = `${new Date().toISOString()} ${options.program}[${Deno.pid}] ${level}: ${text}`;
     if (write) write(line);
-    for (const s of sinks) s.write(line, level, text);
+    for (const s of sinks) if (_RANK[level] <= s.max) s.sink.write(line, level, text);
   };
   return { error: emit("error"), warn: emit("warn"), info: emit("info"), debug: emit("debug") };
 }

@@ -179,6 +179,13 @@ export class Client {
    * @throws {LaunchError} when the server refuses
    */
   async launch(argv: string[], options: LaunchOptions = {}): Promise<Launched> {
+    if (this.version.minor < 1 && Object.values(options).some((v) => v !== undefined)) {
+      throw new ManagerError(
+        "version",
+        `${this.serverAgent} speaks protocol 1.0, which has no named runs, environment, ` +
+          `working directory, user or stop grace: upgrade cmappserver or launch without them`,
+      );
+    }
     const msg: LaunchMessage = { type: "launch", id: 0, argv };
     if (options.name !== undefined) msg.name = options.name;
     if (options.env !== undefined) msg.env = options.env;

@@ -37,16 +37,24 @@ export interface RunCommandOptions extends Omit<ConnectOptions, "timeoutMs"> {
   logger?: Logger;
   /** Told once the process has started (or been attached to). */
   onLaunched?(run: string, pid: number, attached: boolean): void;
+  /**
+   * Settles when the user wants out: "stop" asks the guest to stop the run
+   * (SIGTERM, then SIGKILL after `stopTimeoutMs`) and keeps following it to
+   * its end; "detach" leaves it running and returns at once.
+   */
+  interrupt?: Promise<"stop" | "detach">;
+  /** Grace between SIGTERM and SIGKILL for a stop, in ms; the run's own when absent. */
+  stopTimeoutMs?: number;
 }
 
-/** How a command ended. */
+/** How a command ended, or that we detached from it. */
 export interface RunOutcome {
   /** The run's id on the guest. */
   run: string;
   /** Its pid on the guest. */
   pid: number;
-  /** How it ended. */
-  exit: ExitStatus;
+  /** How it ended; null when we detached and it runs on. */
+  exit: ExitStatus | null;
 }
 
 const _RETRYABLE = new Set(["unreachable", "lost"]);
@@ -132,13 +140,25 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
     Math.max(3 * options.pollIntervalMs, 3000),
     Math.max(options.serverTimeoutMs / 2, options.pollIntervalMs),
   );
+  const control = { stopWanted: false, stopSent: false, detach: false };
+  options.interrupt?.then((what) => {
+    if (what === "detach") control.detach = true;
+    else control.stopWanted = true;
+  });
   try {
     for (;;) {
-      const exit = await _follow(client, run, options.pollIntervalMs, stallMs, () => {
+      const r = await _follow(client, run, options, stallMs, control, () => {
         lastAnswer = Math.max(lastAnswer, client.lastHeard);
         return lastAnswer + options.serverTimeoutMs;
       });
-      if (exit) return await _released(client, { run, pid, exit });
+      if (r.kind === "exit") return await _released(client, { run, pid, exit: r.exit });
+      if (r.kind === "detach") {
+        logger.info(`detached from run ${run} pid ${pid} on ${where}; it keeps running`);
+        return { run, pid, exit: null };
+      }
+      if (r.kind === "lost") {
+        throw new ManagerError("run_lost", `cmappserver at ${where}: ${r.message}`);
+      }
       lastAnswer = Math.max(lastAnswer, client.lastHeard);
       const deadline = lastAnswer + options.serverTimeoutMs;
       if (Date.now() >= deadline) break;
@@ -175,38 +195,67 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
   }
 }
 
+type _FollowResult =
+  | { kind: "exit"; exit: ExitStatus }
+  | { kind: "broken" }
+  | { kind: "detach" }
+  | { kind: "lost"; message: string };
+
 /**
- * Follows a run on one connection. Resolves with its exit status, or null
- * when the connection broke, stalled, or the deadline passed.
+ * Follows a run on one connection: polls its status, sends a stop when one
+ * is wanted, and returns on its exit, a detach, a lost run, or when the
+ * connection broke, stalled or the deadline passed ("broken").
  */
 async function _follow(
   client: Client,
   run: string,
-  pollIntervalMs: number,
+  options: RunCommandOptions,
   stallMs: number,
+  control: { stopWanted: boolean; stopSent: boolean; detach: boolean },
   deadline: () => number,
-): Promise<ExitStatus | null> {
-  let exit: ExitStatus | null = null;
-  const exited = client.wait(run).then((e) => {
-    exit = e;
-    return "exit" as const;
+): Promise<_FollowResult> {
+  let result: _FollowResult | null = null;
+  const exited = client.wait(run).then((exit) => {
+    result ??= { kind: "exit", exit };
   });
-  const closed = client.closed.then(() => "closed" as const);
+  const closed = client.closed;
+  const interrupted = options.interrupt ?? new Promise<never>(() => {});
   let pollSentAt: number | null = null;
   for (;;) {
-    if (exit) return exit;
+    if (result) return result;
+    if (control.detach) return { kind: "detach" };
+    if (control.stopWanted && !control.stopSent && client.version.minor < 1) {
+      control.stopSent = true;
+      options.logger?.warn(
+        `${client.serverAgent} (protocol 1.0) cannot stop runs; following run ${run} to its end`,
+      );
+    }
+    if (control.stopWanted && !control.stopSent) {
+      control.stopSent = true;
+      client.stop(run, options.stopTimeoutMs).catch((e) => {
+        // Not sent, or the connection broke: try again on the next connection.
+        if (!(e instanceof LaunchError)) control.stopSent = false;
+      });
+    }
     const now = Date.now();
-    if (now >= deadline()) return null;
-    if (pollSentAt !== null && now - pollSentAt >= stallMs) return null;
+    if (now >= deadline()) return { kind: "broken" };
+    if (pollSentAt !== null && now - pollSentAt >= stallMs) return { kind: "broken" };
     if (pollSentAt === null) {
       pollSentAt = now;
-      client.status(run).then(() => pollSentAt = null, () => {});
+      client.status(run).then(
+        () => pollSentAt = null,
+        (e) => {
+          if (e instanceof LaunchError && e.code === "unknown_run") {
+            result ??= { kind: "lost", message: e.message };
+          }
+        },
+      );
     }
-    const tick = _sleep(Math.max(1, Math.min(pollIntervalMs, deadline() - now)));
-    const why = await Promise.race([exited, closed, tick.promise]);
+    const tick = _sleep(Math.max(1, Math.min(options.pollIntervalMs, deadline() - now)));
+    await Promise.race([exited, closed, interrupted, tick.promise]);
     tick.cancel();
-    if (exit) return exit;
-    if (why === "closed") return null;
+    if (result) return result;
+    if (client.isClosed) return { kind: "broken" };
   }
 }
 

@@ -390,7 +390,8 @@ function _launch(o: Obj): LaunchMessage {
   if (env !== undefined) m.env = env;
   const cwd = _optional(o, "cwd", (x) => _text(x, "cwd"));
   if (cwd !== undefined) {
-    if (!cwd.startsWith("/") || cwd.includes("\0")) _fail(`field "cwd" must be an absolute path`);
+    // Whether it is acceptable is the server's policy; here only its form.
+    if (cwd === "" || cwd.includes("\0")) _fail(`field "cwd" must be a non-empty path without NUL`);
     m.cwd = cwd;
   }
   for (const f of ["user", "group"] as const) {

@@ -11,6 +11,7 @@ import {
   type ByteStream,
   type ClientMessage,
   decodeClientMessage,
+  DEFAULT_MAX_FRAME_SIZE,
   encodeMessage,
   type ErrorCode,
   formatVersion,
@@ -239,7 +240,9 @@ export function serveConnection(
         const runs = table.list().map(runInfo);
         // Keep the answer within one frame: drop the oldest finished runs first.
         let reply: ServerMessage = { type: "run_list", id: m.id, runs };
-        while (encodeMessage(reply).length > ctx.maxFrameSize && runs.length > 0) {
+        // (and within the 1 MiB every manager accepts, whatever this server's max_frame).
+        const limit = Math.min(ctx.maxFrameSize, DEFAULT_MAX_FRAME_SIZE);
+        while (encodeMessage(reply).length > limit && runs.length > 0) {
           const i = runs.findIndex((r) => r.state === "exited");
           runs.splice(i >= 0 ? i : 0, 1);
           reply = { type: "run_list", id: m.id, runs };
@@ -270,6 +273,7 @@ export function serveConnection(
       resetIdle();
       // Requests are answered in the order they came.
       queue = queue.then(() => handle(m)).catch((e) => {
+        closing = true;
         logger.error(`${who}: internal error: ${(e as Error).stack ?? e}`);
         channel.sendAndClose({ type: "error", code: "internal", message: "internal error" });
       });

@@ -11,9 +11,8 @@ import { describeExit, type ExitStatus } from "../protocol/mod.ts";
 import type { Logger } from "../log/logger.ts";
 import { type LaunchPolicy, type LaunchRequest, prepareLaunch } from "./policy.ts";
 import type { RunRecord, RunStore } from "./store.ts";
+import { bootId, processStartTime } from "./procfs.ts";
 import {
-  bootId,
-  processStartTime,
   readStatusFile,
   signalSession,
   type SpawnedProcess,
@@ -79,8 +78,8 @@ export interface RunTableOptions {
   supervisor: SupervisorKind;
   /** Where runs are recorded. */
   store: RunStore;
-  /** Starts a process (see supervisor.ts). */
-  spawn(req: SpawnRequest): Promise<SpawnedProcess | SpawnFailure>;
+  /** Starts a process (see supervisor.ts); the helper paths are the caller's to add. */
+  spawn(req: Omit<SpawnRequest, "helpers">): Promise<SpawnedProcess | SpawnFailure>;
   /** Where events go. */
   logger: Logger;
 }
@@ -345,7 +344,11 @@ export class RunTable {
     this.#running--;
     this.#watched.delete(run);
     const timer = this.#stopTimers.get(run.id);
-    if (timer !== undefined) clearTimeout(timer);
+    if (timer !== undefined) {
+      // It was being stopped: whatever is left of its session goes too.
+      clearTimeout(timer);
+      void signalSession(run.pid, "SIGKILL");
+    }
     this.#stopTimers.delete(run.id);
     this.#o.logger.info(describeRunEnd(run));
     if (!exit) {

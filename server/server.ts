@@ -18,7 +18,8 @@ import { serveConnection, type ServedConnection } from "./connection.ts";
 import { DEFAULT_POLICY, type LaunchPolicy } from "./policy.ts";
 import { RunTable } from "./runs.ts";
 import { RunStore } from "./store.ts";
-import { detectSupervisor, spawnProcess, type SupervisorKind } from "./supervisor.ts";
+import { findHelpers, spawnProcess, type SupervisorKind } from "./supervisor.ts";
+import { setCatPath } from "./procfs.ts";
 
 /** The port cmappserver listens on unless told otherwise. */
 export const DEFAULT_PORT = 5315;
@@ -107,7 +108,12 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
   const maxFrameSize = options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE;
   const handshakeTimeoutMs = options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
   const maxConnections = options.maxConnections ?? 4096;
-  const supervisor = options.supervisor ?? await detectSupervisor();
+  const helpers = await findHelpers();
+  setCatPath(helpers.cat);
+  const supervisor = options.supervisor ?? (helpers.perl ? "perl" : "sh");
+  if (supervisor === "perl" && !helpers.perl) {
+    throw new Error("supervisor perl asked for, but perl is not installed");
+  }
   const store = await RunStore.open(options.stateDir);
   const table = await RunTable.open({
     maxProcesses: options.maxProcesses ?? DEFAULT_MAX_PROCESSES,
@@ -117,7 +123,7 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
     policy: { ...DEFAULT_POLICY, ...options.policy },
     supervisor,
     store,
-    spawn: spawnProcess,
+    spawn: (req) => spawnProcess({ ...req, helpers }),
     logger,
   });
   const connections = new Set<ServedConnection>();

@@ -11,6 +11,7 @@
  */
 
 import { type ExitStatus, signalNumber } from "../protocol/mod.ts";
+import { allProcStats, isLive } from "./procfs.ts";
 
 /** The PATH given to every process unless the request sets one. */
 export const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -50,27 +51,62 @@ rename("$f.tmp", $f);
  * commands with SIGINT and SIGQUIT ignored, which the application inherits.
  */
 const _SH = String.raw`
-f=$1; shift
-setsid "$@" </dev/null >/dev/null 2>&1 &
+f=$1; mv=$2; shift 2
+"$@" </dev/null >/dev/null 2>&1 &
 pid=$!
 echo "$pid"
 exec >/dev/null
 trap '' HUP INT QUIT TERM PIPE
 wait "$pid"; rc=$?
-echo "status $rc" > "$f.tmp" && sync "$f.tmp" 2>/dev/null; mv "$f.tmp" "$f"
+echo "status $rc" > "$f.tmp" && "$mv" "$f.tmp" "$f"
 `;
 
-/** Finds the default supervisor: perl when installed, else sh. */
-export async function detectSupervisor(): Promise<SupervisorKind> {
+/**
+ * Absolute paths of the programs cmappserver itself runs. They are found
+ * once, at start-up, in the default PATH: never in a request's PATH, which
+ * would let a manager substitute its own.
+ */
+export interface HelperPaths {
+  /** perl, or null when not installed. */
+  perl: string | null;
+  /** util-linux setsid. */
+  setsid: string;
+  /** util-linux setpriv, or null (then run-as is impossible). */
+  setpriv: string | null;
+  /** coreutils mv (for the sh supervisor). */
+  mv: string;
+  /** coreutils cat (to read /proc). */
+  cat: string;
+}
+
+async function _which(name: string): Promise<string | null> {
   for (const dir of DEFAULT_PATH.split(":")) {
     try {
-      const st = await Deno.stat(`${dir}/perl`);
-      if (st.isFile && st.mode !== null && (st.mode & 0o111) !== 0) return "perl";
+      const st = await Deno.stat(`${dir}/${name}`);
+      if (st.isFile && st.mode !== null && (st.mode & 0o111) !== 0) return `${dir}/${name}`;
     } catch {
       // not there
     }
   }
-  return "sh";
+  return null;
+}
+
+/**
+ * Finds the helper programs.
+ * @throws {Error} naming what is missing (setsid, mv and cat are required)
+ */
+export async function findHelpers(): Promise<HelperPaths> {
+  const [perl, setsid, setpriv, mv, cat] = await Promise.all(
+    ["perl", "setsid", "setpriv", "mv", "cat"].map(_which),
+  );
+  const missing = [["setsid", setsid], ["mv", mv], ["cat", cat]].filter(([, p]) => !p);
+  if (missing.length > 0) {
+    throw new Error(
+      `required programs not found in ${DEFAULT_PATH}: ${missing.map(([n]) => n).join(", ")} ` +
+        `(install util-linux and coreutils)`,
+    );
+  }
+  return { perl, setsid: setsid!, setpriv, mv: mv!, cat: cat! };
 }
 
 /** A process that was started. */
@@ -108,6 +144,8 @@ export interface SpawnRequest {
   statusFile: string;
   /** Which supervisor. */
   supervisor: SupervisorKind;
+  /** Where the helper programs are. */
+  helpers: HelperPaths;
   /** Run as this uid/gid (through setpriv), when set. */
   runAs?: { uid: number; gid: number };
 }
@@ -185,9 +223,15 @@ export async function readStatusFile(path: string): Promise<ExitStatus | null> {
 export async function spawnProcess(req: SpawnRequest): Promise<SpawnedProcess | SpawnFailure> {
   // The application's command line: setpriv switches user when asked, then
   // execs the program (argv[0] becomes its resolved path).
+  if (req.runAs && !req.helpers.setpriv) {
+    return { code: "spawn_failed", message: "run-as needs util-linux setpriv, not installed" };
+  }
+  if (req.supervisor === "perl" && !req.helpers.perl) {
+    return { code: "spawn_failed", message: "the perl supervisor needs perl, not installed" };
+  }
   const app = req.runAs
     ? [
-      "setpriv",
+      req.helpers.setpriv!,
       `--reuid=${req.runAs.uid}`,
       `--regid=${req.runAs.gid}`,
       "--init-groups",
@@ -197,8 +241,11 @@ export async function spawnProcess(req: SpawnRequest): Promise<SpawnedProcess | 
     ]
     : [req.program, ...req.argv.slice(1)];
   const [cmd, args] = req.supervisor === "perl"
-    ? ["perl", ["-e", _PERL, req.statusFile, "setsid", ...app]]
-    : ["/bin/sh", ["-c", _SH, "cmapp-supervise", req.statusFile, ...app]];
+    ? [req.helpers.perl!, ["-e", _PERL, req.statusFile, req.helpers.setsid, ...app]]
+    : [
+      "/bin/sh",
+      ["-c", _SH, "cmapp-supervise", req.statusFile, req.helpers.mv, req.helpers.setsid, ...app],
+    ];
   let child: Deno.ChildProcess;
   try {
     child = new Deno.Command(cmd, {
@@ -259,45 +306,21 @@ export function signalGroup(pgid: number, signal: Deno.Signal): boolean {
  * Sends a signal to a run's whole session: its process group, and any
  * process that moved to another group inside the session (shells with job
  * control do that). Processes that started a session of their own escape.
+ * Never throws: a process may vanish at any moment.
  */
 export async function signalSession(sid: number, signal: Deno.Signal): Promise<void> {
-  signalGroup(sid, signal);
-  for await (const e of Deno.readDir("/proc")) {
-    if (!/^\d+$/.test(e.name)) continue;
+  try {
+    signalGroup(sid, signal);
+  } catch {
+    // not ours to signal
+  }
+  for (const p of (await allProcStats()).values()) {
+    if (p.session !== sid || p.pgrp === sid || !isLive(p)) continue;
     try {
-      const stat = await Deno.readTextFile(`/proc/${e.name}/stat`);
-      const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      // rest[2] is the process group, rest[3] the session.
-      if (Number(rest[3]) === sid && Number(rest[2]) !== sid) Deno.kill(Number(e.name), signal);
+      Deno.kill(p.pid, signal);
     } catch {
-      // gone, or not ours to read
+      // gone
     }
-  }
-}
-
-/**
- * The start time of a process (clock ticks since boot, /proc/PID/stat
- * field 22), which tells a process from a later one that reused its pid.
- * Null when there is no such process.
- */
-export async function processStartTime(pid: number): Promise<number | null> {
-  try {
-    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    if (rest[0] === "Z" || rest[0] === "X") return null;
-    return Number(rest[19]);
-  } catch {
-    return null;
-  }
-}
-
-/** This boot's id: processes recorded under another boot are gone. */
-export async function bootId(): Promise<string> {
-  try {
-    return (await Deno.readTextFile("/proc/sys/kernel/random/boot_id")).trim();
-  } catch {
-    return "unknown";
   }
 }
 
