@@ -66,6 +66,7 @@ export type {
 } from "./server/runs.ts";
 export type { LaunchPolicy, LaunchRequest } from "./server/policy.ts";
 export type { RunRecord, RunStore, StoredRun } from "./server/store.ts";
+export type { RunStreams, RunStreamsOptions, StreamSink } from "./server/streams.ts";
 export type {
   HelperPaths,
   SpawnedProcess,
@@ -84,6 +85,7 @@ export {
   type ManagerErrorKind,
   runCommand,
   type RunCommandOptions,
+  type RunIO,
   type RunOutcome,
 } from "./manager/mod.ts";
 export {

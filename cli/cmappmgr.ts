@@ -46,6 +46,7 @@ const SPEC: Record<string, OptionSpec> = {
   poll_interval: { type: "string" },
   stop_timeout: { type: "string" },
   detach_on_exit: { type: "boolean" },
+  stdin: { type: "boolean" },
   env: { type: "string", multiple: true },
   cwd: { type: "string" },
   user: { type: "string" },
@@ -85,6 +86,10 @@ the first argument that is not one, or at --):
   -stop_timeout SECS         on SIGTERM/SIGINT: grace between the application's
                              SIGTERM and SIGKILL (default: the guest's, 10)
   -detach_on_exit            on SIGTERM/SIGINT: leave the application running
+  -stdin                     forward cmappmgr's stdin to the command, then its
+                             end (without it the command reads /dev/null); the
+                             command's stdout and stderr always arrive on
+                             cmappmgr's, byte for byte, with flow control
   -env NAME=VALUE            environment of the command (repeatable; PATH
                              defaults to the guest's standard one)
   -cwd DIR                   its working directory (default /)
@@ -131,6 +136,7 @@ interface _Config {
   pollMs: number;
   stopTimeoutMs: number | undefined;
   detach: boolean;
+  stdin: boolean;
   env: Record<string, string> | undefined;
   cwd: string | undefined;
   user: string | undefined;
@@ -186,6 +192,7 @@ async function _parse(args: string[]): Promise<_Config | number> {
     pollMs: s.seconds("poll_interval", 1, 0.01, 3600),
     stopTimeoutMs: s.has("stop_timeout") ? s.seconds("stop_timeout", 10, 0, 86400) : undefined,
     detach: s.bool("detach_on_exit", false),
+    stdin: values.stdin === true,
     env,
     cwd: optional("cwd"),
     user: optional("user"),
@@ -197,6 +204,11 @@ async function _parse(args: string[]): Promise<_Config | number> {
     json: values.json === true,
     argv: rest,
   };
+}
+
+async function _writeAll(w: { write(p: Uint8Array): Promise<number> }, bytes: Uint8Array) {
+  let rest = bytes;
+  while (rest.length > 0) rest = rest.subarray(await w.write(rest));
 }
 
 function _fail(e: unknown): number {
@@ -377,6 +389,11 @@ async function main(args: string[]): Promise<number> {
       pollIntervalMs: cfg.pollMs,
       stopTimeoutMs: cfg.stopTimeoutMs,
       interrupt: interrupted,
+      io: {
+        stdout: (bytes) => _writeAll(Deno.stdout, bytes),
+        stderr: (bytes) => _writeAll(Deno.stderr, bytes),
+        stdin: cfg.stdin ? Deno.stdin.readable : undefined,
+      },
       logger,
     });
     if (!outcome.exit) return 0;

@@ -81,6 +81,10 @@ export interface LaunchOptions {
   group?: string;
   /** Grace between SIGTERM and SIGKILL when the run is stopped, in ms. */
   stopTimeoutMs?: number;
+  /** Protocol 1.2: receive the process's stdout and stderr (see {@linkcode Client.onOutput}). */
+  streams?: boolean;
+  /** Protocol 1.2: feed the process's stdin (see {@linkcode Client.sendStdin}). */
+  stdin?: boolean;
 }
 
 /** A launch's outcome. */
@@ -125,6 +129,13 @@ export class Client {
   readonly #pending = new Map<number, Pending>();
   readonly #exitWaiters = new Map<string, Set<(e: ExitStatus) => void>>();
   readonly #exits = new Map<string, ExitStatus>();
+  readonly #outputs = new Map<
+    string,
+    (stream: "stdout" | "stderr", bytes: Uint8Array) => void | Promise<void>
+  >();
+  #outputChain: Promise<void> = Promise.resolve();
+  readonly #stdinCredit = new Map<string, number>();
+  readonly #stdinWaiters = new Map<string, () => void>();
   readonly #closed: Promise<Error | null>;
   #closeError: Error | null | undefined = undefined;
   #serverError: ManagerError | null = null;
@@ -179,7 +190,9 @@ export class Client {
    * @throws {LaunchError} when the server refuses
    */
   async launch(argv: string[], options: LaunchOptions = {}): Promise<Launched> {
-    if (this.version.minor < 1 && Object.values(options).some((v) => v !== undefined)) {
+    if (
+      this.version.minor < 1 && Object.values(options).some((v) => v !== undefined && v !== false)
+    ) {
       throw new ManagerError(
         "version",
         `${this.serverAgent} speaks protocol 1.0, which has no named runs, environment, ` +
@@ -193,6 +206,17 @@ export class Client {
     if (options.user !== undefined) msg.user = options.user;
     if (options.group !== undefined) msg.group = options.group;
     if (options.stopTimeoutMs !== undefined) msg.stop_timeout_ms = options.stopTimeoutMs;
+    if (options.streams || options.stdin) {
+      if (this.version.minor < 2) {
+        throw new ManagerError(
+          "version",
+          `${this.serverAgent} speaks protocol 1.${this.version.minor}, which cannot stream ` +
+            `output or input: upgrade cmappserver`,
+        );
+      }
+      if (options.streams) msg.streams = true;
+      if (options.stdin) msg.stdin = true;
+    }
     const m = await this.#request<LaunchMessage>(msg);
     if (m.type === "launched") {
       return { run: m.run, pid: m.pid, name: m.name ?? null, attached: m.attached === true };
@@ -236,13 +260,73 @@ export class Client {
    * Asks for a run's state; also subscribes this connection to its exit.
    * @throws {LaunchError} with code "unknown_run" when the server does not know it
    */
-  async status(run: string): Promise<RunStatusMessage> {
-    const m = await this.#request<StatusMessage>({ type: "status", id: 0, run });
+  async status(run: string, options: { streams?: boolean } = {}): Promise<RunStatusMessage> {
+    const msg: StatusMessage = { type: "status", id: 0, run };
+    if (options.streams) msg.streams = true;
+    const m = await this.#request<StatusMessage>(msg);
     if (m.type === "run_status") {
       if (m.exit) this.#exited(m.run, m.exit);
       return m;
     }
     throw this.#unexpected(m);
+  }
+
+  /**
+   * Receives the run's stdout and stderr (protocol 1.2, launched or
+   * re-attached with `streams`). `handler` is called in order, one call at
+   * a time; each chunk's credit goes back to the server once its call has
+   * settled, so a slow handler slows the application down. Empty bytes mark
+   * the end of a stream. The run's exit is reported only after every chunk
+   * before it was handled.
+   */
+  onOutput(
+    run: string,
+    handler: (stream: "stdout" | "stderr", bytes: Uint8Array) => void | Promise<void>,
+  ): void {
+    this.#outputs.set(run, handler);
+  }
+
+  /** Allows the server `bytes` more of a run's output stream. */
+  grant(run: string, stream: "stdout" | "stderr", bytes: number): void {
+    this.#channel.send({ type: "window", run, stream, bytes });
+  }
+
+  /** Tells the server we will not read this stream any more (a closed pipe on our side). */
+  closeStream(run: string, stream: "stdout" | "stderr"): void {
+    this.#channel.send({ type: "close_stream", run, stream });
+  }
+
+  /**
+   * Sends bytes to the run's stdin, waiting for the server's credit; empty
+   * bytes close it. Rejects when the connection closes first.
+   */
+  async sendStdin(run: string, bytes: Uint8Array): Promise<void> {
+    if (bytes.length === 0) {
+      if (this.isClosed) throw new ManagerError("lost", "connection to cmappserver is closed");
+      this.#channel.send({ type: "data", run, stream: "stdin", data: bytes });
+      return;
+    }
+    let off = 0;
+    while (off < bytes.length) {
+      if (this.isClosed) throw new ManagerError("lost", "connection to cmappserver is closed");
+      const credit = this.#stdinCredit.get(run) ?? 0;
+      if (credit <= 0) {
+        await Promise.race([
+          new Promise<void>((r) => this.#stdinWaiters.set(run, r)),
+          this.#closed,
+        ]);
+        continue;
+      }
+      const n = Math.min(credit, bytes.length - off, 64 * 1024);
+      this.#stdinCredit.set(run, credit - n);
+      this.#channel.send({
+        type: "data",
+        run,
+        stream: "stdin",
+        data: bytes.subarray(off, off + n),
+      });
+      off += n;
+    }
   }
 
   /** Round trip with no side effects. */
@@ -307,6 +391,26 @@ export class Client {
       this.#exited(m.run, m.exit);
       return;
     }
+    if (m.type === "data") {
+      const handler = this.#outputs.get(m.run);
+      if (!handler || m.stream === "stdin") return;
+      const { run, stream, data } = m;
+      this.#outputChain = this.#outputChain
+        .then(() => handler(stream, data))
+        .catch(() => {})
+        .then(() => {
+          if (data.length > 0 && !this.isClosed) this.grant(run, stream, data.length);
+        });
+      return;
+    }
+    if (m.type === "window") {
+      if (m.stream !== "stdin") return;
+      this.#stdinCredit.set(m.run, (this.#stdinCredit.get(m.run) ?? 0) + m.bytes);
+      const w = this.#stdinWaiters.get(m.run);
+      this.#stdinWaiters.delete(m.run);
+      w?.();
+      return;
+    }
     if (m.type === "hello") {
       this.#channel.destroy();
       return;
@@ -327,6 +431,11 @@ export class Client {
   }
 
   #exited(run: string, exit: ExitStatus): void {
+    // Output that came before the exit is handled first.
+    this.#outputChain.then(() => this.#exitedNow(run, exit));
+  }
+
+  #exitedNow(run: string, exit: ExitStatus): void {
     // Kept for a wait() that comes after the notification (bounded).
     this.#exits.set(run, exit);
     if (this.#exits.size > 1000) this.#exits.delete(this.#exits.keys().next().value!);

@@ -45,6 +45,37 @@ export interface RunCommandOptions extends Omit<ConnectOptions, "timeoutMs"> {
   interrupt?: Promise<"stop" | "detach">;
   /** Grace between SIGTERM and SIGKILL for a stop, in ms; the run's own when absent. */
   stopTimeoutMs?: number;
+  /** Where the application's output goes, and where its input comes from (protocol 1.2). */
+  io?: RunIO;
+}
+
+/** The host side of a run's standard streams. */
+export interface RunIO {
+  /** Writes bytes of the application's stdout; rejects when the host side is closed. */
+  stdout(bytes: Uint8Array): Promise<void>;
+  /** Writes bytes of its stderr; rejects when the host side is closed. */
+  stderr(bytes: Uint8Array): Promise<void>;
+  /** Input to forward to the application's stdin (its end is passed on). */
+  stdin?: ReadableStream<Uint8Array>;
+}
+
+/** Output credit granted to the server per stream, in bytes. */
+const _OUTPUT_WINDOW = 1024 * 1024;
+
+/** Hooks a client up to receive a run's output into `io`. */
+function _receiveOutput(client: Client, run: string, io: RunIO, closed: Set<string>): void {
+  client.onOutput(run, async (stream, bytes) => {
+    if (bytes.length === 0 || closed.has(stream)) return;
+    try {
+      await io[stream](bytes);
+    } catch {
+      // Our side of the pipe is closed (e.g. "| head -1"): close theirs, as a shell would.
+      closed.add(stream);
+      client.closeStream(run, stream);
+    }
+  });
+  client.grant(run, "stdout", _OUTPUT_WINDOW);
+  client.grant(run, "stderr", _OUTPUT_WINDOW);
 }
 
 /** How a command ended, or that we detached from it. */
@@ -119,7 +150,10 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
   let client = await _connectUntil(options, Date.now() + options.serverTimeoutMs, logger);
   let launched: Launched;
   try {
-    launched = await client.launch(options.argv, options.launch);
+    launched = await client.launch(
+      options.argv,
+      options.io ? { ...options.launch, streams: true, stdin: !!options.io.stdin } : options.launch,
+    );
   } catch (e) {
     client.close();
     throw e;
@@ -134,6 +168,11 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
     logger.info(`started run ${run} pid ${pid} on ${where}: ${JSON.stringify(options.argv)}`);
   }
   options.onLaunched?.(run, pid, launched.attached);
+  const closedStreams = new Set<string>();
+  if (options.io) _receiveOutput(client, run, options.io, closedStreams);
+  if (options.io?.stdin && !launched.attached) {
+    void _forwardStdin(options.io.stdin, run, () => client, logger);
+  }
   let lastAnswer = client.lastHeard;
   // An unanswered poll older than this makes us drop the connection and dial again.
   const stallMs = Math.min(
@@ -173,7 +212,8 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
         throw e;
       }
       try {
-        const st = await client.status(run);
+        if (options.io) _receiveOutput(client, run, options.io, closedStreams);
+        const st = await client.status(run, { streams: !!options.io });
         logger.info(`re-attached to run ${run} on ${where} (${st.state})`);
         if (st.exit) return await _released(client, { run, pid, exit: st.exit });
       } catch (e) {
@@ -271,4 +311,43 @@ async function _released(client: Client, outcome: RunOutcome): Promise<RunOutcom
   await Promise.race([client.release(outcome.run).catch(() => {}), pause.promise]);
   pause.cancel();
   return outcome;
+}
+
+/**
+ * Forwards `input` to the run's stdin on whichever connection is current,
+ * then closes it. A chunk in flight when a connection breaks may be lost:
+ * that is logged.
+ */
+async function _forwardStdin(
+  input: ReadableStream<Uint8Array>,
+  run: string,
+  client: () => Client,
+  logger: Logger,
+): Promise<void> {
+  const reader = input.getReader();
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      const chunk = done ? new Uint8Array(0) : value;
+      for (;;) {
+        const c = client();
+        if (c.isClosed) {
+          await new Promise((r) => setTimeout(r, 100));
+          continue;
+        }
+        try {
+          await c.sendStdin(run, chunk);
+          break;
+        } catch {
+          logger.warn(`stdin: the connection broke; ${chunk.length} bytes may not have arrived`);
+          break;
+        }
+      }
+      if (done) return;
+    }
+  } catch (e) {
+    logger.warn(`stdin: ${(e as Error).message}`);
+  } finally {
+    reader.releaseLock();
+  }
 }

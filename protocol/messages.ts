@@ -90,6 +90,10 @@ export interface LaunchMessage {
   group?: string;
   /** Since 1.1: grace period between SIGTERM and SIGKILL when stopped, in ms. */
   stop_timeout_ms?: number;
+  /** Since 1.2: send the process's stdout and stderr to this connection (else /dev/null). */
+  streams?: boolean;
+  /** Since 1.2: the manager sends the process's stdin (else /dev/null). */
+  stdin?: boolean;
 }
 
 /** Since 1.1: asks the server to stop a run (SIGTERM to its process group, then SIGKILL). */
@@ -133,6 +137,58 @@ export interface StatusMessage {
   id: number;
   /** The run asked about, as named by the server. */
   run: string;
+  /**
+   * Since 1.2: make this connection the receiver of the run's output (and
+   * sender of its input), e.g. after reconnecting. Output produced while
+   * no connection received it was discarded.
+   */
+  streams?: boolean;
+}
+
+/** The standard streams of a run. */
+export type StreamName = "stdin" | "stdout" | "stderr";
+
+/**
+ * Since 1.2: bytes of one of a run's standard streams, sent as a binary
+ * frame (see docs/PROTOCOL.md); empty data is the end of the stream.
+ */
+export interface DataMessage {
+  /** Message type. */
+  type: "data";
+  /** The run. */
+  run: string;
+  /** stdin (manager to server), stdout or stderr (server to manager). */
+  stream: StreamName;
+  /** The bytes; empty for end of stream. */
+  data: Uint8Array;
+}
+
+/**
+ * Since 1.2: flow control. The receiver of a stream allows the sender that
+ * many more bytes of data.
+ */
+export interface WindowMessage {
+  /** Message type. */
+  type: "window";
+  /** The run. */
+  run: string;
+  /** The stream the credit is for. */
+  stream: StreamName;
+  /** Bytes granted. */
+  bytes: number;
+}
+
+/**
+ * Since 1.2: the manager will not read this stream any more (its own output
+ * was closed): the server closes the application's end, as a closed pipe.
+ */
+export interface CloseStreamMessage {
+  /** Message type. */
+  type: "close_stream";
+  /** The run. */
+  run: string;
+  /** stdout or stderr. */
+  stream: "stdout" | "stderr";
 }
 
 /** Liveness probe without side effects. */
@@ -259,7 +315,10 @@ export type ClientMessage =
   | PingMessage
   | StopMessage
   | ReleaseMessage
-  | ListMessage;
+  | ListMessage
+  | DataMessage
+  | WindowMessage
+  | CloseStreamMessage;
 /** Messages a server sends. */
 export type ServerMessage =
   | ServerHelloMessage
@@ -269,6 +328,8 @@ export type ServerMessage =
   | PongMessage
   | ReleasedMessage
   | RunListMessage
+  | DataMessage
+  | WindowMessage
   | ErrorMessage;
 /** Any message. */
 export type Message = ClientMessage | ServerMessage;
@@ -382,8 +443,49 @@ function _optional<T>(o: Obj, field: string, read: (o: Obj) => T): T | undefined
   return o[field] === undefined ? undefined : read(o);
 }
 
+const _STREAMS: readonly StreamName[] = ["stdin", "stdout", "stderr"];
+
+function _window(o: Obj): WindowMessage {
+  const stream = o.stream;
+  if (!_STREAMS.includes(stream as StreamName)) {
+    _fail(`field "stream" must be stdin, stdout or stderr`);
+  }
+  return {
+    type: "window",
+    run: _runId(o),
+    stream: stream as StreamName,
+    bytes: _int(o, "bytes", 1, 0x7fffffff),
+  };
+}
+
+/** First byte of a binary data frame's payload (JSON payloads start with "{"). */
+export const DATA_FRAME_TAG = 0x01;
+
+function _decodeData(payload: Uint8Array): DataMessage {
+  if (payload.length < 4) _fail("data frame too short");
+  const stream = _STREAMS[payload[1]];
+  if (!stream) _fail(`data frame for unknown stream ${payload[1]}`);
+  const n = payload[2];
+  if (n === 0 || payload.length < 3 + n) _fail("data frame with a bad run id length");
+  const run = String.fromCharCode(...payload.subarray(3, 3 + n));
+  if (!/^[A-Za-z0-9._-]+$/.test(run)) _fail("data frame with an invalid run id");
+  return { type: "data", run, stream, data: payload.subarray(3 + n) };
+}
+
+function _encodeData(m: DataMessage): Uint8Array {
+  const out = new Uint8Array(3 + m.run.length + m.data.length);
+  out[0] = DATA_FRAME_TAG;
+  out[1] = _STREAMS.indexOf(m.stream);
+  out[2] = m.run.length;
+  for (let i = 0; i < m.run.length; i++) out[3 + i] = m.run.charCodeAt(i);
+  out.set(m.data, 3 + m.run.length);
+  return out;
+}
+
 function _launch(o: Obj): LaunchMessage {
   const m: LaunchMessage = { type: "launch", id: _id(o), argv: _argv(o) };
+  if (o.streams === true) m.streams = true;
+  if (o.stdin === true) m.stdin = true;
   const name = _optional(o, "name", _name);
   if (name !== undefined) m.name = name;
   const env = _optional(o, "env", _env);
@@ -471,6 +573,11 @@ function _hello(o: Obj): HelloMessage {
  * ```
  */
 export function decodeClientMessage(payload: Uint8Array): ClientMessage {
+  if (payload[0] === DATA_FRAME_TAG) {
+    const m = _decodeData(payload);
+    if (m.stream !== "stdin") _fail(`a manager may only send stdin data`);
+    return m;
+  }
   const o = _parse(payload);
   switch (o.type) {
     case "hello":
@@ -487,8 +594,20 @@ export function decodeClientMessage(payload: Uint8Array): ClientMessage {
       return { type: "release", id: _id(o), run: _runId(o) };
     case "list":
       return { type: "list", id: _id(o) };
-    case "status":
-      return { type: "status", id: _id(o), run: _runId(o) };
+    case "status": {
+      const m: StatusMessage = { type: "status", id: _id(o), run: _runId(o) };
+      if (o.streams === true) m.streams = true;
+      return m;
+    }
+    case "window":
+      return _window(o);
+    case "close_stream": {
+      const stream = o.stream;
+      if (stream !== "stdout" && stream !== "stderr") {
+        _fail(`field "stream" must be stdout or stderr`);
+      }
+      return { type: "close_stream", run: _runId(o), stream };
+    }
     case "ping":
       return { type: "ping", id: _id(o) };
     default:
@@ -507,8 +626,15 @@ export function decodeClientMessage(payload: Uint8Array): ClientMessage {
  * ```
  */
 export function decodeServerMessage(payload: Uint8Array): ServerMessage {
+  if (payload[0] === DATA_FRAME_TAG) {
+    const m = _decodeData(payload);
+    if (m.stream === "stdin") _fail(`a server may only send stdout and stderr data`);
+    return m;
+  }
   const o = _parse(payload);
   switch (o.type) {
+    case "window":
+      return _window(o);
     case "hello":
       return { ..._hello(o), max_frame: _int(o, "max_frame", 1, 0xffffffff) };
     case "launched": {
@@ -574,5 +700,6 @@ export function decodeServerMessage(payload: Uint8Array): ServerMessage {
  * ```
  */
 export function encodeMessage(message: Message): Uint8Array {
+  if (message.type === "data") return _encodeData(message);
   return new TextEncoder().encode(JSON.stringify(message));
 }

@@ -25,6 +25,12 @@ import {
 } from "../protocol/mod.ts";
 import type { Logger } from "../log/logger.ts";
 import { hasEnded, type Run, type RunTable } from "./runs.ts";
+import type { StreamSink } from "./streams.ts";
+
+/** Largest data frame payload sent, in bytes. */
+const _DATA_CHUNK = 64 * 1024;
+/** stdin credit granted to a manager at a time, in bytes. */
+const _STDIN_WINDOW = 256 * 1024;
 
 /** Agent string sent in the server's hello. */
 export const SERVER_AGENT = `cmappserver ${SOFTWARE_VERSION}`;
@@ -90,8 +96,11 @@ export function serveConnection(
   const { table, logger } = ctx;
   const who = `manager ${peer.address} (${peer.fingerprint.slice(0, 23)}…)`;
   const unsubscribe = new Map<string, () => void>();
+  /** The runs whose streams this connection receives, with the sink it gave them. */
+  const sinks = new Map<string, { run: Run; sink: StreamSink }>();
   let minor = -1; // negotiated minor version; -1 until hello
   let queue = Promise.resolve();
+  let stdinQueue = Promise.resolve();
   let done!: () => void;
   const finished = new Promise<void>((r) => done = r);
 
@@ -111,11 +120,39 @@ export function serveConnection(
     if (unsubscribe.has(run.id) || hasEnded(run)) return;
     unsubscribe.set(
       run.id,
-      table.onExit(run.id, (r) => {
+      table.onExit(run.id, async (r) => {
         unsubscribe.delete(r.id);
+        // The receiver of the output gets all of it before the exit status.
+        if (r.io && sinks.has(r.id)) await r.io.drained(2000);
         sendEnd(r);
       }),
     );
+  };
+
+  /** Makes this connection the receiver of the run's streams. */
+  const takeStreams = (run: Run) => {
+    if (!run.io || sinks.has(run.id)) return;
+    const sink: StreamSink = {
+      data: (stream, bytes) => {
+        if (bytes.length === 0) {
+          channel.send({ type: "data", run: run.id, stream, data: bytes });
+          return;
+        }
+        for (let off = 0; off < bytes.length; off += _DATA_CHUNK) {
+          channel.send({
+            type: "data",
+            run: run.id,
+            stream,
+            data: bytes.subarray(off, off + _DATA_CHUNK),
+          });
+        }
+      },
+    };
+    run.io.attach(sink);
+    sinks.set(run.id, { run, sink });
+    if (run.io.hasStdin) {
+      channel.send({ type: "window", run: run.id, stream: "stdin", bytes: _STDIN_WINDOW });
+    }
   };
 
   const lostMessage = (run: Run) =>
@@ -162,6 +199,8 @@ export function serveConnection(
           user: m.user,
           group: m.group,
           stopTimeoutMs: m.stop_timeout_ms,
+          streams: m.streams,
+          stdin: m.stdin,
         }, peer.fingerprint);
         if ("code" in r) {
           logger.warn(`${who}: launch of ${JSON.stringify(m.argv)} refused: ${r.message}`);
@@ -185,6 +224,7 @@ export function serveConnection(
           reply.attached = attached;
         }
         channel.send(reply);
+        if (m.streams) takeStreams(run);
         if (hasEnded(run)) sendEnd(run);
         else follow(run);
         return;
@@ -202,13 +242,34 @@ export function serveConnection(
           void table.release(r.id);
           return error(m.id, "unknown_run", lostMessage(r));
         }
+        // The receiver of the output gets all of it before the exit status.
+        if (r.exit && r.io && sinks.has(r.id)) await r.io.drained(2000);
         channel.send(
           r.exit
             ? { type: "run_status", id: m.id, run: r.id, pid: r.pid, state: "exited", exit: r.exit }
             : { type: "run_status", id: m.id, run: r.id, pid: r.pid, state: "running" },
         );
         if (r.exit && minor < 1) void table.release(r.id);
+        if (m.streams && !hasEnded(r)) takeStreams(r);
         follow(r);
+        return;
+      }
+      case "window": {
+        const mine = sinks.get(m.run);
+        if (mine && m.stream !== "stdin") mine.run.io?.grant(m.stream, m.bytes);
+        return;
+      }
+      case "close_stream": {
+        sinks.get(m.run)?.run.io?.closeOutput(m.stream);
+        return;
+      }
+      case "data": {
+        const mine = sinks.get(m.run);
+        if (!mine?.run.io) return;
+        const n = m.data.length;
+        if (await mine.run.io.writeStdin(m.data) && n > 0) {
+          channel.send({ type: "window", run: m.run, stream: "stdin", bytes: n });
+        }
         return;
       }
       case "stop": {
@@ -271,6 +332,12 @@ export function serveConnection(
   const channel = new MessageChannel<ClientMessage, ServerMessage>(stream, decodeClientMessage, {
     onMessage: (m) => {
       resetIdle();
+      // stdin may wait on a slow application: it has a queue of its own, so
+      // that polls are still answered meanwhile (flow control bounds it).
+      if (m.type === "data") {
+        stdinQueue = stdinQueue.then(() => handle(m)).catch(() => {});
+        return;
+      }
       // Requests are answered in the order they came.
       queue = queue.then(() => handle(m)).catch((e) => {
         closing = true;
@@ -284,6 +351,8 @@ export function serveConnection(
       clearTimeout(idleTimer);
       for (const u of unsubscribe.values()) u();
       unsubscribe.clear();
+      for (const { run, sink } of sinks.values()) run.io?.detach(sink);
+      sinks.clear();
       logger.info(`${who}: disconnected${err ? ` (${err.message})` : ""}`);
       queue.then(() => done());
     },

@@ -11,6 +11,7 @@ import { describeExit, type ExitStatus } from "../protocol/mod.ts";
 import type { Logger } from "../log/logger.ts";
 import { type LaunchPolicy, type LaunchRequest, prepareLaunch } from "./policy.ts";
 import type { RunRecord, RunStore } from "./store.ts";
+import { RunStreams } from "./streams.ts";
 import { bootId, processStartTime } from "./procfs.ts";
 import {
   readStatusFile,
@@ -47,6 +48,8 @@ export interface Run {
   delivered: boolean;
   /** True when it was started by an earlier cmappserver. */
   readonly adopted: boolean;
+  /** Its standard streams, when a manager asked for them at launch. */
+  readonly io: RunStreams | null;
 }
 
 /** True once a run has ended (with a known status or not). */
@@ -90,6 +93,10 @@ export interface RunLaunchOptions extends LaunchRequest {
   name?: string;
   /** Grace period between SIGTERM and SIGKILL for this run, in ms. */
   stopTimeoutMs?: number;
+  /** Capture stdout and stderr for a manager. */
+  streams?: boolean;
+  /** Let a manager feed stdin. */
+  stdin?: boolean;
 }
 
 /** Listener told when a run ends. */
@@ -206,6 +213,8 @@ export class RunTable {
       statusFile: this.#o.store.statusFile(id),
       supervisor: this.#o.supervisor,
       runAs: prepared.runAs,
+      streams: req.streams,
+      stdin: req.stdin,
     });
     if ("code" in p) return p;
     const run: Run = {
@@ -221,6 +230,7 @@ export class RunTable {
       endedAt: null,
       delivered: false,
       adopted: false,
+      io: p.io ? new RunStreams(p.io) : null,
     };
     const record: RunRecord = {
       id,
@@ -373,6 +383,7 @@ export class RunTable {
       if (excess <= 0 && !old) continue;
       excess--;
       this.#runs.delete(run.id);
+      run.io?.close();
       if (this.#byName.get(run.name) === run) this.#byName.delete(run.name);
       this.#o.store.remove(run.id).catch(() => {});
     }
@@ -398,6 +409,7 @@ export class RunTable {
         endedAt: null,
         delivered,
         adopted: true,
+        io: null,
       };
       if (hasEnded(run)) {
         const st = await Deno.stat(this.#o.store.statusFile(record.id)).catch(() => null);

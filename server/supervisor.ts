@@ -20,22 +20,26 @@ export const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 export type SupervisorKind = "perl" | "sh";
 
 /**
- * The perl supervisor. argv: STATUSFILE PROGRAM [ARG…], where PROGRAM is
+ * The perl supervisor. argv: STATUSFILE IO PROGRAM [ARG…], where IO is
+ * "null" (the application's stdio on /dev/null) or "pipes" (it inherits the
+ * supervisor's stdin, stdout and stderr, which go to cmappserver), and PROGRAM is
  * util-linux setsid (and the rest the application's command). Prints the
  * application's pid on stdout, then writes "code N" or "signal N" to
  * STATUSFILE (through a temporary file and a rename) when it ends. It loads
  * no module, to keep its private memory near 0.5 MB.
  */
 const _PERL = String.raw`
-my $f = shift @ARGV;
+my $f = shift @ARGV; my $io = shift @ARGV;
 my $pid = fork();
 die "fork: $!" unless defined $pid;
 if ($pid == 0) {
-  open(STDIN, '<', '/dev/null'); open(STDOUT, '>', '/dev/null'); open(STDERR, '>', '/dev/null');
+  if ($io eq 'null') {
+    open(STDIN, '<', '/dev/null'); open(STDOUT, '>', '/dev/null'); open(STDERR, '>', '/dev/null');
+  }
   { no warnings; exec { $ARGV[0] } @ARGV; }
   exit($!{ENOENT} ? 127 : 126);
 }
-print "$pid\n"; close(STDOUT);
+print "$pid\n"; close(STDOUT); close(STDERR); close(STDIN);
 $SIG{$_} = 'IGNORE' for qw(HUP INT QUIT TERM PIPE);
 while (waitpid($pid, 0) != $pid) {}
 my $st = $?;
@@ -51,11 +55,12 @@ rename("$f.tmp", $f);
  * commands with SIGINT and SIGQUIT ignored, which the application inherits.
  */
 const _SH = String.raw`
-f=$1; mv=$2; shift 2
-"$@" </dev/null >/dev/null 2>&1 &
+f=$1; mv=$2; io=$3; shift 3
+if [ "$io" = null ]; then "$@" </dev/null >/dev/null 2>&1 &
+else exec 3<&0; "$@" <&3 3<&- & fi
 pid=$!
 echo "$pid"
-exec >/dev/null
+exec >/dev/null 2>/dev/null </dev/null 3<&-
 trap '' HUP INT QUIT TERM PIPE
 wait "$pid"; rc=$?
 echo "status $rc" > "$f.tmp" && "$mv" "$f.tmp" "$f"
@@ -117,6 +122,12 @@ export interface SpawnedProcess {
   supervisorPid: number;
   /** Settles when the supervisor has ended (with the status, if it wrote one). */
   exited: Promise<ExitStatus | null>;
+  /** The application's streams, when asked for. */
+  io: {
+    stdout: { reader: ReadableStreamDefaultReader<Uint8Array>; first: Uint8Array | null };
+    stderr: ReadableStreamDefaultReader<Uint8Array>;
+    stdin: WritableStream<Uint8Array> | null;
+  } | null;
 }
 
 /** Why a process could not be started. */
@@ -148,6 +159,10 @@ export interface SpawnRequest {
   helpers: HelperPaths;
   /** Run as this uid/gid (through setpriv), when set. */
   runAs?: { uid: number; gid: number };
+  /** Give its stdout and stderr to cmappserver (else /dev/null). */
+  streams?: boolean;
+  /** Give its stdin from cmappserver (else /dev/null). */
+  stdin?: boolean;
 }
 
 function _shortName(name: string): string {
@@ -240,11 +255,21 @@ export async function spawnProcess(req: SpawnRequest): Promise<SpawnedProcess | 
       ...req.argv.slice(1),
     ]
     : [req.program, ...req.argv.slice(1)];
+  const io = req.streams || req.stdin ? "pipes" : "null";
   const [cmd, args] = req.supervisor === "perl"
-    ? [req.helpers.perl!, ["-e", _PERL, req.statusFile, req.helpers.setsid, ...app]]
+    ? [req.helpers.perl!, ["-e", _PERL, req.statusFile, io, req.helpers.setsid, ...app]]
     : [
       "/bin/sh",
-      ["-c", _SH, "cmapp-supervise", req.statusFile, req.helpers.mv, req.helpers.setsid, ...app],
+      [
+        "-c",
+        _SH,
+        "cmapp-supervise",
+        req.statusFile,
+        req.helpers.mv,
+        io,
+        req.helpers.setsid,
+        ...app,
+      ],
     ];
   let child: Deno.ChildProcess;
   try {
@@ -254,9 +279,9 @@ export async function spawnProcess(req: SpawnRequest): Promise<SpawnedProcess | 
       env: { ...req.env, PATH: req.env.PATH ?? DEFAULT_PATH },
       cwd: req.cwd,
       detached: true,
-      stdin: "null",
+      stdin: req.stdin ? "piped" : "null",
       stdout: "piped",
-      stderr: "null",
+      stderr: io === "pipes" ? "piped" : "null",
     }).spawn();
   } catch (e) {
     return {
@@ -264,23 +289,47 @@ export async function spawnProcess(req: SpawnRequest): Promise<SpawnedProcess | 
       message: `cannot start the ${req.supervisor} supervisor: ${(e as Error).message}`,
     };
   }
-  // The first line on its stdout is the application's pid.
-  let text = "";
-  const decoder = new TextDecoder();
-  for await (const chunk of child.stdout) {
-    text += decoder.decode(chunk, { stream: true });
-    if (text.includes("\n")) break;
+  // The first line on its stdout is the application's pid; what follows is
+  // the application's own output.
+  const reader = child.stdout.getReader();
+  let head = new Uint8Array(0);
+  let nl = -1;
+  while (nl < 0 && head.length < 64) {
+    const { value, done } = await reader.read().catch(() => ({ value: undefined, done: true }));
+    if (done || !value) break;
+    const joined = new Uint8Array(head.length + value.length);
+    joined.set(head);
+    joined.set(value, head.length);
+    head = joined;
+    nl = head.indexOf(10);
   }
-  const pid = Number(text.trim());
+  const pid = nl > 0 ? Number(new TextDecoder().decode(head.subarray(0, nl))) : NaN;
+  const first = nl >= 0 ? head.subarray(nl + 1) : null;
   const exited = child.status.then(
     () => readStatusFile(req.statusFile),
     () => readStatusFile(req.statusFile),
   );
   if (!Number.isInteger(pid) || pid <= 0) {
+    reader.cancel().catch(() => {});
+    child.stderr?.cancel().catch(() => {});
+    child.stdin?.close().catch(() => {});
     await exited;
     return { code: "spawn_failed", message: `the ${req.supervisor} supervisor failed to start` };
   }
-  return { pid, supervisorPid: child.pid, exited };
+  if (io === "null") {
+    reader.cancel().catch(() => {});
+    return { pid, supervisorPid: child.pid, exited, io: null };
+  }
+  return {
+    pid,
+    supervisorPid: child.pid,
+    exited,
+    io: {
+      stdout: { reader, first },
+      stderr: child.stderr.getReader(),
+      stdin: req.stdin ? child.stdin : null,
+    },
+  };
 }
 
 /**
