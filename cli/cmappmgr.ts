@@ -183,11 +183,18 @@ async function _parse(args: string[]): Promise<_Config | number> {
     (env ??= {})[e.slice(0, i)] = e.slice(i + 1);
   }
   const optional = (name: string) => s.has(name) ? s.string(name, "") : undefined;
+  const serviceName = s.string("service_name", "");
+  if (serviceName && !/^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$/.test(serviceName)) {
+    throw new UsageError(
+      `service_name must be 1 to 128 characters of A-Z a-z 0-9 . _ @ : + -, starting with a ` +
+        `letter or digit, not ${JSON.stringify(serviceName)}`,
+    );
+  }
   return {
     node,
     port: s.int("port", 5315, 1, 65535),
     keydir: s.string("keydir", DEFAULT_KEYDIR),
-    serviceName: s.string("service_name", ""),
+    serviceName,
     timeoutMs: s.seconds("cmappserver_timeout", 30, 0.1, 86400),
     pollMs: s.seconds("poll_interval", 1, 0.01, 3600),
     stopTimeoutMs: s.has("stop_timeout") ? s.seconds("stop_timeout", 10, 0, 86400) : undefined,

@@ -419,7 +419,7 @@ export class RunTable {
       }
       this.#add(run);
       if (record.bootId !== this.#boot) {
-        this.#finish(run, null, "the guest was restarted while it ran; its exit status is unknown");
+        this.#finish(run, null, "the guest was restarted while it ran");
         continue;
       }
       const alive = record.pidStart !== null &&
@@ -436,7 +436,7 @@ export class RunTable {
           this.#finish(
             run,
             null,
-            "it ended while no supervisor recorded its exit status; its exit status is unknown",
+            "it ended while no supervisor was there to record how",
           );
         }
       }
@@ -466,7 +466,7 @@ export class RunTable {
             this.#finish(
               r,
               late,
-              "it ended while no supervisor recorded its exit status; its exit status is unknown",
+              "it ended while no supervisor was there to record how",
             );
           }
         }
@@ -518,6 +518,10 @@ function _newRunId(): string {
  * ```
  */
 export function describeRunEnd(run: Run): string {
-  const how = run.exit ? describeExit(run.exit) : run.lost ? `lost: ${run.lost}` : "still running";
+  const how = run.exit
+    ? describeExit(run.exit)
+    : run.lost
+    ? `ended, but its exit status is unknown: ${run.lost}`
+    : "still running";
   return `run ${run.id} (${run.name}) pid ${run.pid} ${how}`;
 }
