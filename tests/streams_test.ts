@@ -1,0 +1,465 @@
+// The application's standard streams through cmappmgr (protocol 1.2), with
+// real processes: stdout and stderr kept apart and byte exact, large
+// transfers with bounded memory, credit-based flow control end to end,
+// -stdin forwarding with its end of file, a closed host stdout (SIGPIPE),
+// and all output before the exit status.
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import {
+  eventually,
+  type KeyPair,
+  killGroup,
+  makeKeys,
+  mgrArgs,
+  programCommand,
+  type ServerProcess,
+  startServerProcess,
+} from "./_harness.ts";
+
+/** A cmappmgr child process whose stderr is collected in the background. */
+interface Mgr {
+  child: Deno.ChildProcess;
+  /** Its whole stderr, once it has ended. */
+  stderr: Promise<string>;
+  /** Its exit status. */
+  status: Promise<Deno.CommandStatus>;
+  /** True once it has exited. */
+  exited(): boolean;
+}
+
+/** One process as `ps` shows it. (Deno refuses /proc without --allow-all.) */
+interface Proc {
+  pid: number;
+  sid: number;
+  stat: string;
+  args: string;
+}
+
+/** Every live (non-zombie) process. */
+async function processes(): Promise<Proc[]> {
+  const out = await new Deno.Command("ps", {
+    args: ["-e", "-o", "pid=,sid=,stat=,args="],
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  const procs: Proc[] = [];
+  for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
+    const m = /^\s*(\d+)\s+(\d+)\s+(\S+)\s?(.*)$/.exec(line);
+    if (!m || m[3].startsWith("Z") || m[3].startsWith("X")) continue;
+    procs.push({ pid: +m[1], sid: +m[2], stat: m[3], args: m[4] });
+  }
+  return procs;
+}
+
+/** Resident set sizes in KiB of the given processes (absent when gone). */
+async function rssKiB(pids: number[]): Promise<Map<number, number>> {
+  const out = await new Deno.Command("ps", {
+    args: ["-o", "pid=,rss=", "-p", pids.join(",")],
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  const sizes = new Map<number, number>();
+  for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
+    const m = /^\s*(\d+)\s+(\d+)\s*$/.exec(line);
+    if (m) sizes.set(+m[1], +m[2]);
+  }
+  return sizes;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Runs a command to its end; fails unless it exits 0. */
+async function sh(script: string): Promise<string> {
+  const out = await new Deno.Command("sh", {
+    args: ["-c", script],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const d = new TextDecoder();
+  assert.equal(out.code, 0, `sh -c ${script}: ${d.decode(out.stderr)}`);
+  return d.decode(out.stdout);
+}
+
+/** SHA-256 of a file, hex, read in chunks. */
+async function fileSha256(path: string): Promise<string> {
+  const h = createHash("sha256");
+  using file = await Deno.open(path);
+  for await (const chunk of file.readable) h.update(chunk);
+  return h.digest("hex");
+}
+
+/**
+ * Everything one test starts, so that `cleanup` ends it all: cmappmgr
+ * processes, the applications the server recorded, the server, and the
+ * temporary directories (key directories, state directory, test data).
+ */
+class Fixture {
+  readonly keys: KeyPair;
+  readonly server: ServerProcess;
+  readonly mgrs: Mgr[] = [];
+
+  private constructor(keys: KeyPair, server: ServerProcess) {
+    this.keys = keys;
+    this.server = server;
+  }
+
+  static async create(): Promise<Fixture> {
+    const keys = await makeKeys();
+    try {
+      const server = await startServerProcess(keys.server);
+      const f = new Fixture(keys, server);
+      await Deno.mkdir(f.dir);
+      return f;
+    } catch (e) {
+      await keys.root.cleanup();
+      throw e;
+    }
+  }
+
+  /** A scratch directory for the test's files. */
+  get dir(): string {
+    return `${this.keys.root.path}/data`;
+  }
+
+  /**
+   * Starts cmappmgr running `argv` on the server; its stdout is piped for
+   * the test to read (or cancel), its stdin piped when `stdin` is set.
+   */
+  mgr(argv: string[], options: { stdin?: boolean; flags?: string[] } = {}): Mgr {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        ...programCommand("cmappmgr"),
+        ...mgrArgs(this.keys, this.server, "-syslog", "no", ...(options.flags ?? []), "--"),
+        ...argv,
+      ],
+      stdin: options.stdin ? "piped" : "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    let done = false;
+    const status = child.status.then((s) => {
+      done = true;
+      return s;
+    });
+    const m: Mgr = { child, stderr: new Response(child.stderr).text(), status, exited: () => done };
+    this.mgrs.push(m);
+    return m;
+  }
+
+  async cleanup(): Promise<void> {
+    for (const m of this.mgrs) {
+      if (!m.exited()) {
+        try {
+          m.child.kill("SIGKILL");
+        } catch {
+          // already gone
+        }
+      }
+      await m.status;
+      await m.stderr.catch(() => {});
+      // An output the test left unread (it failed half way).
+      if (!m.child.stdout.locked) await m.child.stdout.cancel().catch(() => {});
+      try {
+        if (!m.child.stdin.locked) await m.child.stdin.close().catch(() => {});
+      } catch {
+        // not piped
+      }
+    }
+    // Any application still running (a test failed half way): its session is ours to end.
+    const runs = `${this.keys.server}-state/runs`;
+    const pids: number[] = [];
+    try {
+      for (const e of Deno.readDirSync(runs)) {
+        if (!e.name.endsWith(".json")) continue;
+        try {
+          pids.push(JSON.parse(Deno.readTextFileSync(`${runs}/${e.name}`)).pid);
+        } catch {
+          // being rewritten
+        }
+      }
+    } catch {
+      // no runs
+    }
+    if (pids.length > 0) {
+      const live = await processes();
+      for (const pid of pids) if (live.some((p) => p.pid === pid && p.sid === pid)) killGroup(pid);
+    }
+    try {
+      await this.server.stop();
+    } finally {
+      await this.keys.root.cleanup();
+    }
+  }
+}
+
+/** Reads a whole stream into a buffer (for outputs of a few MB). */
+async function readAll(stream: ReadableStream<Uint8Array>): Promise<Uint8Array> {
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+Deno.test("stdout and stderr arrive separately and exactly", async () => {
+  const f = await Fixture.create();
+  try {
+    const m = f.mgr(["sh", "-c", 'printf "a\\nb\\n"; printf "e1\\n" >&2; printf "c"']);
+    const out = new TextDecoder().decode(await readAll(m.child.stdout));
+    const status = await m.status;
+    const err = await m.stderr;
+    assert.equal(out, "a\nb\nc");
+    assert.equal(err, "e1\n");
+    assert.equal(status.code, 0);
+  } finally {
+    await f.cleanup();
+  }
+});
+
+Deno.test("binary output arrives byte for byte", async () => {
+  const f = await Fixture.create();
+  try {
+    const file = `${f.dir}/random.bin`;
+    await sh(`head -c 3000000 /dev/urandom > '${file}'`);
+    const data = await Deno.readFile(file);
+    // Every byte value is there, many times over.
+    const counts = new Array<number>(256).fill(0);
+    for (const b of data) counts[b]++;
+    assert.ok(Math.min(...counts) > 1000, "the file holds every byte value many times");
+
+    const m = f.mgr(["cat", file]);
+    const out = await readAll(m.child.stdout);
+    const status = await m.status;
+    assert.equal(await m.stderr, "");
+    assert.equal(status.code, 0);
+    assert.equal(out.length, data.length);
+    assert.equal(
+      createHash("sha256").update(out).digest("hex"),
+      createHash("sha256").update(data).digest("hex"),
+    );
+  } finally {
+    await f.cleanup();
+  }
+});
+
+Deno.test("100 MB through stdout arrive intact, with bounded memory on both sides", async () => {
+  const f = await Fixture.create();
+  try {
+    const file = `${f.dir}/big.bin`;
+    const size = 100_000_000;
+    await sh(`head -c ${size} /dev/urandom > '${file}'`);
+    const expected = await fileSha256(file);
+
+    const idle = (await rssKiB([f.server.pid])).get(f.server.pid) ?? 0;
+    const m = f.mgr(["cat", file]);
+    const peak = new Map<number, number>([[f.server.pid, 0], [m.child.pid, 0]]);
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        const sizes = await rssKiB([...peak.keys()]);
+        for (const [pid, kib] of sizes) peak.set(pid, Math.max(peak.get(pid)!, kib));
+        await sleep(100);
+      }
+    })();
+    const h = createHash("sha256");
+    let received = 0;
+    try {
+      for await (const chunk of m.child.stdout) {
+        h.update(chunk);
+        received += chunk.length;
+      }
+    } finally {
+      sampling = false;
+      await sampler;
+    }
+    const status = await m.status;
+    const serverMiB = peak.get(f.server.pid)! / 1024;
+    const mgrMiB = peak.get(m.child.pid)! / 1024;
+    console.log(
+      `peak RSS during 100 MB: cmappserver ${serverMiB.toFixed(1)} MiB ` +
+        `(${(idle / 1024).toFixed(1)} MiB before), ` +
+        `cmappmgr ${mgrMiB.toFixed(1)} MiB`,
+    );
+    assert.equal(await m.stderr, "");
+    assert.equal(status.code, 0);
+    assert.equal(received, size);
+    assert.equal(h.digest("hex"), expected);
+    assert.ok(serverMiB > 0 && mgrMiB > 0, "memory was sampled");
+    assert.ok(serverMiB < 250, `cmappserver peak RSS ${serverMiB.toFixed(1)} MiB`);
+    assert.ok(mgrMiB < 250, `cmappmgr peak RSS ${mgrMiB.toFixed(1)} MiB`);
+  } finally {
+    await f.cleanup();
+  }
+});
+
+Deno.test("a slow reader slows the application down (flow control end to end)", async () => {
+  const f = await Fixture.create();
+  try {
+    const counter = `${f.dir}/counter`;
+    const steps = 2000;
+    const step = 65536;
+    // 125 MiB in 64 KiB steps, recording each step. printf and echo are shell
+    // builtins: no fork per step (head -c from /dev/zero takes ~10 s for 2000).
+    const m = f.mgr([
+      "sh",
+      "-c",
+      `i=0; while [ $i -lt ${steps} ]; do printf "%${step}s" ""; echo $i > '${counter}'; ` +
+      `i=$((i+1)); done`,
+    ]);
+    const progress = async () => {
+      const text = await Deno.readTextFile(counter).catch(() => "");
+      return text.trim() === "" ? -1 : Number(text);
+    };
+    const reader = m.child.stdout.getReader();
+    let received = 0;
+    try {
+      // Read a little, then nothing for a while.
+      while (received < step) {
+        const { value, done } = await reader.read();
+        assert.ok(!done, "output ended early");
+        received += value.length;
+      }
+      let stalledAt = -1;
+      await eventually("the application to stop advancing", async () => {
+        const before = await progress();
+        await sleep(1000);
+        stalledAt = await progress();
+        return stalledAt === before;
+      }, 30_000);
+      assert.ok(!m.exited(), "cmappmgr is still running");
+      assert.ok(
+        stalledAt < 200,
+        `the application is held back by the reader: it stopped at step ${stalledAt} of ${steps}`,
+      );
+      // Now read everything.
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        received += value.length;
+      }
+    } finally {
+      reader.releaseLock();
+    }
+    const status = await m.status;
+    assert.equal(await m.stderr, "");
+    assert.equal(status.code, 0);
+    assert.equal(received, steps * step);
+    assert.equal(await progress(), steps - 1);
+  } finally {
+    await f.cleanup();
+  }
+});
+
+Deno.test("-stdin forwards cmappmgr's stdin and its end of file", async () => {
+  const f = await Fixture.create();
+  try {
+    // 5 MB into wc -c.
+    const size = 5_000_000;
+    const m = f.mgr(["sh", "-c", "wc -c"], { stdin: true, flags: ["-stdin"] });
+    const out = readAll(m.child.stdout);
+    const w = m.child.stdin.getWriter();
+    const chunk = new Uint8Array(100_000).map((_, i) => i % 251);
+    for (let sent = 0; sent < size; sent += chunk.length) await w.write(chunk);
+    await w.close();
+    const text = new TextDecoder().decode(await out);
+    const status = await m.status;
+    assert.equal(await m.stderr, "");
+    assert.equal(text.trim(), String(size));
+    assert.equal(status.code, 0);
+  } finally {
+    await f.cleanup();
+  }
+});
+
+Deno.test("tar cf - DIR | cmappmgr -stdin -- tar xf - -C DEST copies a tree", async () => {
+  const f = await Fixture.create();
+  try {
+    const src = `${f.dir}/src`;
+    const dest = `${f.dir}/dest`;
+    await Deno.mkdir(`${src}/sub/deeper`, { recursive: true });
+    await Deno.mkdir(dest);
+    await Deno.writeTextFile(`${src}/a.txt`, "alpha\n");
+    await Deno.writeTextFile(`${src}/sub/b.txt`, "beta\n".repeat(1000));
+    await Deno.writeFile(`${src}/sub/deeper/c.bin`, new Uint8Array(300_000).map((_, i) => i * 7));
+    await Deno.writeTextFile(`${src}/empty`, "");
+
+    const tar = new Deno.Command("tar", {
+      args: ["cf", "-", "-C", src, "."],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const tarErr = new Response(tar.stderr).text();
+    const m = f.mgr(["tar", "xf", "-", "-C", dest], { stdin: true, flags: ["-stdin"] });
+    const out = readAll(m.child.stdout);
+    await tar.stdout.pipeTo(m.child.stdin);
+    assert.equal((await tar.status).code, 0, await tarErr);
+    const text = new TextDecoder().decode(await out);
+    const status = await m.status;
+    assert.equal(await m.stderr, "");
+    assert.equal(text, "");
+    assert.equal(status.code, 0);
+    await sh(`diff -r '${src}' '${dest}'`);
+  } finally {
+    await f.cleanup();
+  }
+});
+
+Deno.test("without -stdin the application reads /dev/null", async () => {
+  const f = await Fixture.create();
+  try {
+    const m = f.mgr(["cat"], { stdin: true });
+    const out = readAll(m.child.stdout);
+    const w = m.child.stdin.getWriter();
+    // cmappmgr does not read it; it may even have exited already.
+    await w.write(new TextEncoder().encode("not for the application\n")).catch(() => {});
+    await w.close().catch(() => {});
+    const text = new TextDecoder().decode(await out);
+    const status = await m.status;
+    assert.equal(await m.stderr, "");
+    assert.equal(text, "");
+    assert.equal(status.code, 0);
+  } finally {
+    await f.cleanup();
+  }
+});
+
+Deno.test("a closed stdout (| head -1) gives the application SIGPIPE and cmappmgr exits 141", async () => {
+  const f = await Fixture.create();
+  try {
+    const log = `${f.dir}/mgr.log`;
+    const m = f.mgr(["sh", "-c", "yes"], { flags: ["-hostlogfile", log, "-loglevel", "info"] });
+    const reader = m.child.stdout.getReader();
+    const { value, done } = await reader.read();
+    assert.ok(!done && value.length > 0);
+    assert.match(new TextDecoder().decode(value), /^y\n/);
+    await reader.cancel();
+    reader.releaseLock();
+
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const status = await Promise.race([
+      m.status,
+      new Promise<null>((r) => timer = setTimeout(() => r(null), 30_000)),
+    ]).finally(() => clearTimeout(timer));
+    assert.ok(status, "cmappmgr ended after its stdout was closed");
+    assert.equal(status.code, 141);
+
+    const pid = Number(/started run \S+ pid (\d+)/.exec(await Deno.readTextFile(log))?.[1]);
+    assert.ok(pid > 0, "the log tells the application's pid");
+    const left = (await processes()).filter((p) => p.pid === pid || p.sid === pid);
+    assert.deepEqual(left, [], "nothing of the application (sh, yes) is left");
+  } finally {
+    await f.cleanup();
+  }
+});
+
+Deno.test("all output arrives before cmappmgr exits with the application's status", async () => {
+  const f = await Fixture.create();
+  try {
+    const m = f.mgr(["sh", "-c", "head -c 2000000 /dev/zero; exit 5"]);
+    const out = await readAll(m.child.stdout);
+    const status = await m.status;
+    assert.equal(await m.stderr, "");
+    assert.equal(out.length, 2_000_000);
+    assert.ok(out.every((b) => b === 0));
+    assert.equal(status.code, 5);
+  } finally {
+    await f.cleanup();
+  }
+});
