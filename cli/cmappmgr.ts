@@ -161,7 +161,7 @@ async function _parse(args: string[]): Promise<_Config | number> {
   }
   const configPath = typeof values.config === "string" ? values.config : DEFAULT_CONFIG;
   const file = await readConfig(configPath, SPEC, values.config === undefined);
-  for (const k of ["list", "json", "ping", "node"]) {
+  for (const k of ["list", "json", "ping"]) {
     if (file && k in file.values) {
       throw new UsageError(`${file.sources[k]}: ${k} belongs on the command line`);
     }

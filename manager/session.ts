@@ -147,18 +147,57 @@ async function _connectUntil(
 export async function runCommand(options: RunCommandOptions): Promise<RunOutcome> {
   const logger = options.logger ?? silentLogger;
   const where = `${options.host}:${options.port ?? 5315}`;
-  let client = await _connectUntil(options, Date.now() + options.serverTimeoutMs, logger);
+  // Launch, retrying on a fresh connection when one breaks or falls silent
+  // before the answer: the run has a name, so a repeated launch attaches to
+  // the run a lost answer may have started instead of starting another.
+  const launchOptions = options.io
+    ? { ...options.launch, streams: true, stdin: !!options.io.stdin }
+    : options.launch;
+  let deadline = Date.now() + options.serverTimeoutMs;
+  let client: Client;
   let launched: Launched;
-  try {
-    launched = await client.launch(
-      options.argv,
-      options.io ? { ...options.launch, streams: true, stdin: !!options.io.stdin } : options.launch,
+  let attempts = 0;
+  for (;;) {
+    client = await _connectUntil(
+      options,
+      deadline,
+      logger,
+      attempts ? _RETRYABLE_REATTACH : _RETRYABLE,
     );
-  } catch (e) {
-    client.close();
-    throw e;
+    attempts++;
+    const silence = _sleep(Math.max(1, client.lastHeard + options.serverTimeoutMs - Date.now()));
+    try {
+      const answer = await Promise.race([
+        client.launch(options.argv, launchOptions),
+        silence.promise.then(() => null),
+      ]);
+      if (answer) {
+        launched = answer;
+        break;
+      }
+    } catch (e) {
+      if (!(e instanceof ManagerError && _RETRYABLE.has(e.kind))) {
+        client.close();
+        throw e;
+      }
+    } finally {
+      silence.cancel();
+    }
+    client.destroy();
+    deadline = client.lastHeard + options.serverTimeoutMs;
+    if (Date.now() >= deadline) {
+      throw new ManagerError(
+        "lost",
+        `cmappserver at ${where} did not answer the launch request for ${
+          options.serverTimeoutMs / 1000
+        } s; the command may have started on the guest`,
+      );
+    }
+    logger.warn(`lost contact with cmappserver at ${where} during the launch; trying again`);
   }
   const { run, pid } = launched;
+  // After a retry, "attached" may well mean attached to the run our lost attempt started.
+  const ours = !launched.attached || attempts > 1;
   if (launched.attached) {
     logger.info(
       `attached to run ${run} (${launched.name}) pid ${pid} on ${where}, already there; ` +
@@ -170,7 +209,7 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
   options.onLaunched?.(run, pid, launched.attached);
   const closedStreams = new Set<string>();
   if (options.io) _receiveOutput(client, run, options.io, closedStreams);
-  if (options.io?.stdin && !launched.attached) {
+  if (options.io?.stdin && ours) {
     void _forwardStdin(options.io.stdin, run, () => client, logger);
   }
   let lastAnswer = client.lastHeard;
@@ -208,7 +247,9 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
       try {
         client = await _connectUntil(options, deadline, logger, _RETRYABLE_REATTACH);
       } catch (e) {
-        if (e instanceof ManagerError && (e.kind === "unreachable" || e.kind === "lost")) break;
+        // A guest (or a proxy in front of it) that hangs up during the
+        // handshake looks like a refusal; while re-attaching it counts as lost.
+        if (e instanceof ManagerError && _RETRYABLE_REATTACH.has(e.kind)) break;
         throw e;
       }
       try {
@@ -259,7 +300,7 @@ async function _follow(
     result ??= { kind: "exit", exit };
   });
   const closed = client.closed;
-  const interrupted = options.interrupt ?? new Promise<never>(() => {});
+  const never = new Promise<never>(() => {});
   let pollSentAt: number | null = null;
   for (;;) {
     if (result) return result;
@@ -292,7 +333,11 @@ async function _follow(
       );
     }
     const tick = _sleep(Math.max(1, Math.min(options.pollIntervalMs, deadline() - now)));
-    await Promise.race([exited, closed, interrupted, tick.promise]);
+    // Once acted upon, a settled interrupt must not be raced again (it would spin).
+    const pendingInterrupt = control.stopWanted || control.detach
+      ? never
+      : options.interrupt ?? never;
+    await Promise.race([exited, closed, pendingInterrupt, tick.promise]);
     tick.cancel();
     if (result) return result;
     if (client.isClosed) return { kind: "broken" };
