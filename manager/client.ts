@@ -123,6 +123,8 @@ export class Client {
   readonly version: ProtocolVersion;
   /** The server's certificate. */
   readonly serverCertificate: CertificateInfo;
+  /** Largest frame payload the server accepts. */
+  readonly serverMaxFrame: number;
   /** Time of the last message received from the server (ms since the epoch). */
   lastHeard: number;
   readonly #channel: MessageChannel<ServerMessage, ClientMessage>;
@@ -144,13 +146,19 @@ export class Client {
   /** @internal use {@linkcode connect} */
   constructor(
     channel: MessageChannel<ServerMessage, ClientMessage>,
-    hello: { agent: string; version: ProtocolVersion; certificate: CertificateInfo },
+    hello: {
+      agent: string;
+      version: ProtocolVersion;
+      certificate: CertificateInfo;
+      maxFrame?: number;
+    },
     events: { setHandler(h: ClientEvents): void },
   ) {
     this.#channel = channel;
     this.serverAgent = hello.agent;
     this.version = hello.version;
     this.serverCertificate = hello.certificate;
+    this.serverMaxFrame = hello.maxFrame ?? DEFAULT_MAX_FRAME_SIZE;
     this.lastHeard = Date.now();
     let onClosed!: (e: Error | null) => void;
     this.#closed = new Promise((r) => onClosed = r);
@@ -317,7 +325,7 @@ export class Client {
         ]);
         continue;
       }
-      const n = Math.min(credit, bytes.length - off, 64 * 1024);
+      const n = Math.min(credit, bytes.length - off, 64 * 1024, this.serverMaxFrame - 128);
       this.#stdinCredit.set(run, credit - n);
       this.#channel.send({
         type: "data",
@@ -529,6 +537,7 @@ export async function connect(options: ConnectOptions): Promise<Client> {
                 agent: m.agent,
                 version: v,
                 certificate: tlsConn.server,
+                maxFrame: m.max_frame,
               }, { setHandler: (h) => handler = h }),
             );
             return;

@@ -62,7 +62,10 @@ export interface RunIO {
 /** Output credit granted to the server per stream, in bytes. */
 const _OUTPUT_WINDOW = 1024 * 1024;
 
-/** Hooks a client up to receive a run's output into `io`. */
+/**
+ * Hooks a client up to receive a run's output into `io`. Call before the
+ * request that makes the connection the receiver; then {@linkcode _grantOutput}.
+ */
 function _receiveOutput(client: Client, run: string, io: RunIO, closed: Set<string>): void {
   client.onOutput(run, async (stream, bytes) => {
     if (bytes.length === 0 || closed.has(stream)) return;
@@ -74,6 +77,10 @@ function _receiveOutput(client: Client, run: string, io: RunIO, closed: Set<stri
       client.closeStream(run, stream);
     }
   });
+}
+
+/** Gives the server credit for a run's output, once this connection receives it. */
+function _grantOutput(client: Client, run: string): void {
   client.grant(run, "stdout", _OUTPUT_WINDOW);
   client.grant(run, "stderr", _OUTPUT_WINDOW);
 }
@@ -208,7 +215,10 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
   }
   options.onLaunched?.(run, pid, launched.attached);
   const closedStreams = new Set<string>();
-  if (options.io) _receiveOutput(client, run, options.io, closedStreams);
+  if (options.io) {
+    _receiveOutput(client, run, options.io, closedStreams);
+    _grantOutput(client, run);
+  }
   if (options.io?.stdin && ours) {
     void _forwardStdin(options.io.stdin, run, () => client, logger);
   }
@@ -255,6 +265,7 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
       try {
         if (options.io) _receiveOutput(client, run, options.io, closedStreams);
         const st = await client.status(run, { streams: !!options.io });
+        if (options.io) _grantOutput(client, run);
         logger.info(`re-attached to run ${run} on ${where} (${st.state})`);
         if (st.exit) return await _released(client, { run, pid, exit: st.exit });
       } catch (e) {
@@ -384,6 +395,8 @@ async function _forwardStdin(
           await c.sendStdin(run, chunk);
           break;
         } catch {
+          // The end of input must arrive, or the application waits for ever: resend it.
+          if (done) continue;
           logger.warn(`stdin: the connection broke; ${chunk.length} bytes may not have arrived`);
           break;
         }

@@ -96,6 +96,8 @@ export function serveConnection(
   const { table, logger } = ctx;
   const who = `manager ${peer.address} (${peer.fingerprint.slice(0, 23)}…)`;
   const unsubscribe = new Map<string, () => void>();
+  // Data frames stay well within the frame limit (header, run id).
+  const dataChunk = Math.min(_DATA_CHUNK, ctx.maxFrameSize - 128);
   /** The runs whose streams this connection receives, with the sink it gave them. */
   const sinks = new Map<string, { run: Run; sink: StreamSink }>();
   let minor = -1; // negotiated minor version; -1 until hello
@@ -129,21 +131,27 @@ export function serveConnection(
     );
   };
 
+  /** This connection's hold on a run's streams, while it is still the receiver. */
+  const current = (run: string) => {
+    const mine = sinks.get(run);
+    return mine && mine.run.io?.sink === mine.sink ? mine : undefined;
+  };
+
   /** Makes this connection the receiver of the run's streams. */
   const takeStreams = (run: Run) => {
-    if (!run.io || sinks.has(run.id)) return;
+    if (!run.io || current(run.id)) return;
     const sink: StreamSink = {
       data: (stream, bytes) => {
         if (bytes.length === 0) {
           channel.send({ type: "data", run: run.id, stream, data: bytes });
           return;
         }
-        for (let off = 0; off < bytes.length; off += _DATA_CHUNK) {
+        for (let off = 0; off < bytes.length; off += dataChunk) {
           channel.send({
             type: "data",
             run: run.id,
             stream,
-            data: bytes.subarray(off, off + _DATA_CHUNK),
+            data: bytes.subarray(off, off + dataChunk),
           });
         }
       },
@@ -224,7 +232,7 @@ export function serveConnection(
           reply.attached = attached;
         }
         channel.send(reply);
-        if (m.streams) takeStreams(run);
+        if (m.streams || m.stdin) takeStreams(run);
         if (hasEnded(run)) sendEnd(run);
         else follow(run);
         return;
@@ -255,16 +263,16 @@ export function serveConnection(
         return;
       }
       case "window": {
-        const mine = sinks.get(m.run);
+        const mine = current(m.run);
         if (mine && m.stream !== "stdin") mine.run.io?.grant(m.stream, m.bytes);
         return;
       }
       case "close_stream": {
-        sinks.get(m.run)?.run.io?.closeOutput(m.stream);
+        current(m.run)?.run.io?.closeOutput(m.stream);
         return;
       }
       case "data": {
-        const mine = sinks.get(m.run);
+        const mine = current(m.run);
         if (!mine?.run.io) return;
         const n = m.data.length;
         if (await mine.run.io.writeStdin(m.data) && n > 0) {

@@ -25,6 +25,8 @@ class _Pump {
   #closed = false;
   /** Until a first receiver attaches, output waits for it instead of being discarded. */
   #everAttached = false;
+  /** True while data waits for the receiver's credit (back-pressure, not silence). */
+  waitingForCredit = false;
   lastActivity = Date.now();
   readonly done: Promise<void>;
 
@@ -89,7 +91,10 @@ class _Pump {
           continue;
         }
         if (this.#credit <= 0) {
+          this.waitingForCredit = true;
           await new Promise<void>((r) => this.#wake = r);
+          this.waitingForCredit = false;
+          this.lastActivity = Date.now();
           continue;
         }
         const n = Math.min(this.#credit, this.#pending.length);
@@ -193,15 +198,17 @@ export class RunStreams {
 
   /**
    * Settles when both outputs have ended, or when `quietMs` pass with no
-   * byte moving (a background child may hold them open after the run ended).
+   * byte moving while nothing waits for the receiver's credit (a background
+   * child may hold them open after the run ended).
    */
   async drained(quietMs: number): Promise<void> {
     let quietTimer: ReturnType<typeof setTimeout> | undefined;
     const quiet = new Promise<void>((resolve) => {
       const check = () => {
+        const blocked = this.#out.waitingForCredit || this.#err.waitingForCredit;
         const idle = Date.now() - Math.max(this.#out.lastActivity, this.#err.lastActivity);
-        if (idle >= quietMs) resolve();
-        else quietTimer = setTimeout(check, quietMs - idle);
+        if (!blocked && idle >= quietMs) resolve();
+        else quietTimer = setTimeout(check, blocked ? quietMs : quietMs - idle);
       };
       check();
     });

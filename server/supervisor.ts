@@ -20,29 +20,85 @@ export const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 export type SupervisorKind = "perl" | "sh";
 
 /**
- * The perl supervisor. argv: STATUSFILE IO PROGRAM [ARG…], where IO is
- * "null" (the application's stdio on /dev/null) or "pipes" (it inherits the
- * supervisor's stdin, stdout and stderr, which go to cmappserver), and PROGRAM is
+ * The perl supervisor. argv: STATUSFILE IO PROGRAM [ARG…], where PROGRAM is
  * util-linux setsid (and the rest the application's command). Prints the
  * application's pid on stdout, then writes "code N" or "signal N" to
  * STATUSFILE (through a temporary file and a rename) when it ends. It loads
  * no module, to keep its private memory near 0.5 MB.
+ *
+ * IO "null": the application's stdio is /dev/null. IO "pipes": the
+ * supervisor relays the application's stdout and stderr to its own (which
+ * go to cmappserver) and its own stdin to the application's, without
+ * blocking one stream on another; when cmappserver goes away, output is
+ * discarded and stdin ends, so the application runs on; when cmappserver
+ * closes one of the outputs on purpose (the manager's side was closed), the
+ * application's end is closed too, so its next write fails as in a pipeline. After the
+ * application has exited, output still coming from its children is relayed
+ * for 2 s more (unless it is waiting for the reader), then cut.
  */
 const _PERL = String.raw`
 my $f = shift @ARGV; my $io = shift @ARGV;
+my ($ir, $iw, $or, $ow, $er, $ew);
+if ($io eq 'pipes') { pipe($ir, $iw) && pipe($or, $ow) && pipe($er, $ew) or die "pipe: $!"; }
 my $pid = fork();
 die "fork: $!" unless defined $pid;
 if ($pid == 0) {
-  if ($io eq 'null') {
+  if ($io eq 'pipes') {
+    open(STDIN, '<&', $ir); open(STDOUT, '>&', $ow); open(STDERR, '>&', $ew);
+    close($_) for ($ir, $iw, $or, $ow, $er, $ew);
+  } else {
     open(STDIN, '<', '/dev/null'); open(STDOUT, '>', '/dev/null'); open(STDERR, '>', '/dev/null');
   }
   { no warnings; exec { $ARGV[0] } @ARGV; }
   exit($!{ENOENT} ? 127 : 126);
 }
-print "$pid\n"; close(STDOUT); close(STDERR); close(STDIN);
+syswrite(STDOUT, "$pid\n");
+my $pp = getppid();
 $SIG{$_} = 'IGNORE' for qw(HUP INT QUIT TERM PIPE);
-while (waitpid($pid, 0) != $pid) {}
-my $st = $?;
+my ($st, $reaped) = (0, 0);
+if ($io eq 'pipes') {
+  close($ir); close($ow); close($ew);
+  # [from, to, buffer, from at end, to gone]
+  my @s = ([$or, \*STDOUT, '', 0, 0], [$er, \*STDERR, '', 0, 0], [\*STDIN, $iw, '', 0, 0]);
+  for my $x (@s) { for my $h ($x->[0], $x->[1]) { my $fl = fcntl($h, 3, 0); fcntl($h, 4, $fl | 2048); } }
+  my $grace;
+  while (1) {
+    last if $s[0][3] && $s[1][3] && $s[0][2] eq '' && $s[1][2] eq '';
+    if (!$reaped && waitpid($pid, 1) == $pid) { $st = $?; $reaped = 1; }
+    if ($reaped) {
+      if ($s[0][2] eq '' && $s[1][2] eq '') { $grace //= time + 2; last if time >= $grace; }
+      else { undef $grace; }
+    }
+    my ($rin, $win) = ('', '');
+    for my $x (@s) {
+      vec($rin, fileno($x->[0]), 1) = 1 if !$x->[3] && length($x->[2]) < 65536;
+      vec($win, fileno($x->[1]), 1) = 1 if length($x->[2]) && !$x->[4];
+    }
+    my ($r, $w) = ($rin, $win);
+    next if select($r, $w, undef, 0.5) < 0;
+    for my $x (@s) {
+      if (!$x->[3] && vec($r, fileno($x->[0]), 1)) {
+        my $n = sysread($x->[0], $x->[2], 65536, length($x->[2]));
+        $x->[3] = 1 if defined($n) ? $n == 0 : !$!{EAGAIN};
+      }
+      if (length($x->[2]) && !$x->[4] && vec($w, fileno($x->[1]), 1)) {
+        my $n = syswrite($x->[1], $x->[2]);
+        if (defined $n) { substr($x->[2], 0, $n) = ''; }
+        elsif (!$!{EAGAIN}) {
+          $x->[4] = 1;
+          # cmappserver still there: its reader closed on purpose (the manager's
+          # output went away), so close the application's end too, as a pipe would.
+          select(undef, undef, undef, 0.2);
+          if (getppid() == $pp) { close($x->[0]); $x->[3] = 1; }
+        }
+      }
+      $x->[2] = '' if $x->[4];
+    }
+    if ($s[2][3] && $s[2][2] eq '' && defined $iw) { close($iw); undef $iw; $s[2][4] = 1; }
+  }
+}
+close(STDOUT); close(STDERR); close(STDIN);
+if (!$reaped) { while (waitpid($pid, 0) != $pid) {} $st = $?; }
 my $line = ($st & 127) ? 'signal ' . ($st & 127) : 'code ' . ($st >> 8);
 open(my $h, '>', "$f.tmp") or exit 1;
 print $h "$line\n"; close($h);
