@@ -157,9 +157,9 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
   // Launch, retrying on a fresh connection when one breaks or falls silent
   // before the answer: the run has a name, so a repeated launch attaches to
   // the run a lost answer may have started instead of starting another.
-  const launchOptions = options.io
-    ? { ...options.launch, streams: true, stdin: !!options.io.stdin }
-    : options.launch;
+  let io = options.io;
+  const launchOptions = () =>
+    io ? { ...options.launch, streams: true, stdin: !!io.stdin } : options.launch;
   let deadline = Date.now() + options.serverTimeoutMs;
   let client: Client;
   let launched: Launched;
@@ -174,8 +174,24 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
     attempts++;
     const silence = _sleep(Math.max(1, client.lastHeard + options.serverTimeoutMs - Date.now()));
     try {
+      if (io && client.version.minor < 2) {
+        // An older guest: same major version, so run anyway, without streams.
+        if (io.stdin) {
+          client.close();
+          throw new ManagerError(
+            "version",
+            `${client.serverAgent} speaks protocol 1.${client.version.minor}, which cannot ` +
+              `forward stdin (-stdin): upgrade cmappserver`,
+          );
+        }
+        logger.warn(
+          `${client.serverAgent} speaks protocol 1.${client.version.minor}: the command's ` +
+            `output stays on the guest (/dev/null)`,
+        );
+        io = undefined;
+      }
       const answer = await Promise.race([
-        client.launch(options.argv, launchOptions),
+        client.launch(options.argv, launchOptions()),
         silence.promise.then(() => null),
       ]);
       if (answer) {
@@ -215,12 +231,12 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
   }
   options.onLaunched?.(run, pid, launched.attached);
   const closedStreams = new Set<string>();
-  if (options.io) {
-    _receiveOutput(client, run, options.io, closedStreams);
+  if (io) {
+    _receiveOutput(client, run, io, closedStreams);
     _grantOutput(client, run);
   }
-  if (options.io?.stdin && ours) {
-    void _forwardStdin(options.io.stdin, run, () => client, logger);
+  if (io?.stdin && ours) {
+    void _forwardStdin(io.stdin, run, () => client, logger);
   }
   let lastAnswer = client.lastHeard;
   // An unanswered poll older than this makes us drop the connection and dial again.
@@ -263,9 +279,9 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
         throw e;
       }
       try {
-        if (options.io) _receiveOutput(client, run, options.io, closedStreams);
-        const st = await client.status(run, { streams: !!options.io });
-        if (options.io) _grantOutput(client, run);
+        if (io) _receiveOutput(client, run, io, closedStreams);
+        const st = await client.status(run, { streams: !!io });
+        if (io) _grantOutput(client, run);
         logger.info(`re-attached to run ${run} on ${where} (${st.state})`);
         if (st.exit) return await _released(client, { run, pid, exit: st.exit });
       } catch (e) {

@@ -1,0 +1,728 @@
+// Packaging (dist/systemd, dist/init.d, dist/ocf): shellcheck on every shell
+// script, systemd-analyze verify on the units, the cmappmgr@ wrapper, the LSB
+// init script run for real against a real cmappserver, and the OCF resource
+// agent under ocf-tester (and a few cases ocf-tester does not cover) against
+// a real cmappserver on 127.0.0.1.
+//
+// The tools come from Debian packages (.ci/deps.sh installs them): a test
+// whose tool is missing is skipped, with the reason in its name and on stdout.
+import assert from "node:assert/strict";
+import {
+  alive,
+  eventually,
+  type KeyPair,
+  killGroup,
+  makeKeys,
+  mgrArgs,
+  programCommand,
+  runMgr,
+  type ServerProcess,
+  startServerProcess,
+  tempDir,
+} from "./_harness.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+const INIT = `${ROOT}/dist/init.d/cmappserver`;
+const AGENT = `${ROOT}/dist/ocf/cmapp`;
+const INSTANCE = `${ROOT}/dist/systemd/cmappmgr-instance`;
+const UNITS = ["cmappserver.service", "cmappmgr@.service"];
+const SCRIPTS = [
+  "dist/init.d/cmappserver",
+  "dist/ocf/cmapp",
+  "dist/systemd/cmappmgr-instance",
+  ".ci/deps.sh",
+  "tests/pacemaker_cluster.sh",
+];
+
+/** The path of an executable on PATH (or in the sbin directories), if any. */
+function which(cmd: string): string | undefined {
+  const dirs = [...(Deno.env.get("PATH") ?? "").split(":"), "/usr/sbin", "/sbin"];
+  for (const d of dirs) {
+    if (!d) continue;
+    try {
+      const st = Deno.statSync(`${d}/${cmd}`);
+      if (st.isFile && ((st.mode ?? 0) & 0o111)) return `${d}/${cmd}`;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+/** Why a test cannot run (a missing tool), or undefined. */
+function missing(...cmds: string[]): string | undefined {
+  const absent = cmds.filter((c) => !which(c));
+  return absent.length ? `not installed: ${absent.join(", ")} (see .ci/deps.sh)` : undefined;
+}
+
+/** Deno.test, skipped with the reason printed when `reason` is set. */
+function testIf(reason: string | undefined, name: string, fn: () => Promise<void>): void {
+  if (reason) console.log(`ship_test: skipping "${name}": ${reason}`);
+  Deno.test({ name: reason ? `${name} (skipped: ${reason})` : name, ignore: !!reason, fn });
+}
+
+interface Out {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a program to its end. */
+async function run(
+  cmd: string,
+  args: string[],
+  env: Record<string, string> = {},
+  cwd = ROOT,
+): Promise<Out> {
+  const out = await new Deno.Command(cmd, {
+    args,
+    env,
+    cwd,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const d = new TextDecoder();
+  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+}
+
+/** A word quoted for sh. */
+function shQuote(s: string): string {
+  return `'${s.replaceAll("'", `'\\''`)}'`;
+}
+
+/** Deno's cache directory, for wrappers run with a bare environment. */
+async function denoDir(): Promise<string> {
+  const set = Deno.env.get("DENO_DIR");
+  if (set) return set;
+  const out = await run(Deno.execPath(), ["info", "--json"]);
+  return JSON.parse(out.stdout).denoDir;
+}
+
+/** Writes an executable sh wrapper that `exec`s one of our programs. */
+async function writeWrapper(path: string, program: "cmappserver" | "cmappmgr"): Promise<void> {
+  const argv = [Deno.execPath(), ...programCommand(program)].map(shQuote).join(" ");
+  await Deno.writeTextFile(
+    path,
+    `#!/bin/sh\nDENO_DIR=${shQuote(await denoDir())}\nexport DENO_DIR\nexec ${argv} "$@"\n`,
+  );
+  await Deno.chmod(path, 0o755);
+}
+
+/** A unit file's settings: "Section.Key" → values, comments left out. */
+function unitSettings(text: string): Map<string, string[]> {
+  const settings = new Map<string, string[]>();
+  let section = "";
+  for (const raw of text.split("\n")) {
+    const line = raw.trim();
+    if (!line || line.startsWith("#") || line.startsWith(";")) continue;
+    const s = /^\[(.+)\]$/.exec(line);
+    if (s) {
+      section = s[1];
+      continue;
+    }
+    const i = line.indexOf("=");
+    const key = `${section}.${line.slice(0, i)}`;
+    settings.set(key, [...(settings.get(key) ?? []), line.slice(i + 1)]);
+  }
+  return settings;
+}
+
+/** Seconds in a systemd time span like "55", "55s", "1min 30s", "1h". */
+function seconds(span: string): number {
+  let total = 0;
+  for (const [, n, unit] of span.matchAll(/(\d+)\s*(h|min|s|ms)?/g)) {
+    total += +n * ({ h: 3600, min: 60, s: 1, ms: 0.001 }[unit ?? "s"] ?? 1);
+  }
+  return total;
+}
+
+// ---------------------------------------------------------------------------
+
+testIf(missing("shellcheck"), "shellcheck: every packaging script is clean", async () => {
+  const r = await run("shellcheck", SCRIPTS);
+  assert.equal(r.code, 0, `shellcheck found problems:\n${r.stdout}${r.stderr}`);
+  for (const f of SCRIPTS) {
+    const st = await Deno.stat(`${ROOT}/${f}`);
+    assert.ok((st.mode ?? 0) & 0o100, `${f} is not executable`);
+    const shell = (await Deno.readTextFile(`${ROOT}/${f}`)).startsWith("#!/bin/sh") ? "sh" : "bash";
+    const n = await run(shell, ["-n", f]);
+    assert.equal(n.code, 0, `${shell} -n ${f}: ${n.stderr}`);
+  }
+});
+
+testIf(
+  missing("systemd-analyze"),
+  "systemd units: systemd-analyze verify passes without a warning",
+  async () => {
+    // systemd is not PID 1 here: verify in a private root holding the system's
+    // own units (for the targets ours refer to), ours, and stand-ins for every
+    // program an Exec line names (verify checks that they are executable).
+    const tmp = await tempDir();
+    try {
+      const root = tmp.path;
+      const unitDir = ["/usr/lib/systemd/system", "/lib/systemd/system"].find((d) => {
+        try {
+          return Deno.statSync(`${d}/multi-user.target`).isFile;
+        } catch {
+          return false;
+        }
+      });
+      assert.ok(unitDir, "no system unit directory with multi-user.target");
+      await Deno.mkdir(`${root}/usr/lib/systemd`, { recursive: true });
+      const cp = await run("cp", ["-a", unitDir, `${root}/usr/lib/systemd/system`]);
+      assert.equal(cp.code, 0, cp.stderr);
+      await Deno.mkdir(`${root}/etc/systemd/system`, { recursive: true });
+      const texts = new Map<string, string>();
+      for (const u of UNITS) {
+        const text = await Deno.readTextFile(`${ROOT}/dist/systemd/${u}`);
+        texts.set(u, text);
+        await Deno.writeTextFile(`${root}/etc/systemd/system/${u}`, text);
+        for (const [, path] of text.matchAll(/^Exec\w+=[-@:+!]*(\/\S+)/gm)) {
+          await Deno.mkdir(`${root}${path.replace(/\/[^/]+$/, "")}`, { recursive: true });
+          await Deno.writeTextFile(`${root}${path}`, "#!/bin/sh\n", { mode: 0o755 });
+          await Deno.chmod(`${root}${path}`, 0o755);
+        }
+      }
+      const verify = (...units: string[]) =>
+        run("systemd-analyze", ["verify", "--man=no", `--root=${root}`, ...units], {}, "/");
+      const r = await verify("cmappserver.service", "cmappmgr@test1.service");
+      assert.equal(r.code, 0, `systemd-analyze verify failed:\n${r.stdout}${r.stderr}`);
+      assert.equal(r.stderr + r.stdout, "", "systemd-analyze verify warned");
+
+      // The check is real: a misspelt key in our file is reported.
+      const bad = `${texts.get("cmappmgr@.service")!}\n[Service]\nKilMode=process\n`;
+      await Deno.writeTextFile(`${root}/etc/systemd/system/cmappmgr@.service`, bad);
+      const r2 = await verify("cmappmgr@test1.service");
+      assert.match(r2.stderr, /Unknown key.*KilMode/);
+
+      // What the units promise.
+      const server = unitSettings(texts.get("cmappserver.service")!);
+      assert.deepEqual(server.get("Service.ExecStart"), ["/usr/local/bin/cmappserver"]);
+      assert.deepEqual(server.get("Service.KillMode"), ["process"]);
+      assert.deepEqual(server.get("Service.Restart"), ["on-failure"]);
+      assert.deepEqual(server.get("Service.StateDirectory"), ["cmappserver"]);
+      assert.deepEqual(server.get("Unit.After"), ["network-online.target"]);
+      for (const absent of ["NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp"]) {
+        assert.equal(server.get(`Service.${absent}`), undefined, `${absent} would bind the apps`);
+      }
+      const mgr = unitSettings(texts.get("cmappmgr@.service")!);
+      assert.deepEqual(mgr.get("Service.ExecStart"), ["/usr/local/bin/cmappmgr-instance %I"]);
+      assert.deepEqual(mgr.get("Service.Restart"), ["on-failure"]);
+      assert.deepEqual(mgr.get("Service.KillSignal"), ["SIGTERM"]);
+      assert.deepEqual(mgr.get("Service.SuccessExitStatus"), ["143 137"]);
+      assert.ok(mgr.get("Unit.StartLimitBurst") && mgr.get("Unit.StartLimitIntervalSec"));
+      // Longer than the guest's default grace (10 s) plus cmappserver_timeout (30 s).
+      assert.ok(seconds(mgr.get("Service.TimeoutStopSec")![0]) > 40);
+    } finally {
+      await tmp.cleanup();
+    }
+  },
+);
+
+Deno.test("cmappmgr-instance: NAME.conf becomes cmappmgr's command line", async () => {
+  const tmp = await tempDir();
+  try {
+    const d = tmp.path;
+    await Deno.mkdir(`${d}/conf.d`);
+    // A stand-in cmappmgr that shows what it was given.
+    await Deno.writeTextFile(
+      `${d}/fake`,
+      `#!/bin/sh\nfor a; do printf '<%s>' "$a"; done\necho\ncat "$2"\n`,
+      { mode: 0o755 },
+    );
+    await Deno.chmod(`${d}/fake`, 0o755);
+    const env = {
+      CMAPPMGR: `${d}/fake`,
+      CMAPPMGR_CONFDIR: `${d}/conf.d`,
+      RUNTIME_DIRECTORY: `${d}/run`,
+    };
+    const conf = (name: string, text: string) =>
+      Deno.writeTextFile(`${d}/conf.d/${name}.conf`, text);
+    await conf(
+      "web1",
+      [
+        "# the web server",
+        "node = guest1   # comment",
+        "port = 5316",
+        "command = /opt/app/bin/server --flag a#b *.c",
+        'arg = "  two words  "',
+        "stop-timeout = 20",
+        "env = A=B",
+        "",
+      ].join("\n"),
+    );
+    const r = await run(INSTANCE, ["web1"], env);
+    assert.equal(r.code, 0, r.stderr);
+    const [args, ...generated] = r.stdout.split("\n");
+    assert.equal(
+      args,
+      `<-config><${d}/run/cmappmgr.conf><-node><guest1><-service_name><web1><-->` +
+        `</opt/app/bin/server><--flag><a#b><*.c><  two words  >`,
+    );
+    // Line for line, so that cmappmgr's "FILE:LINE" points into NAME.conf.
+    assert.deepEqual(generated.slice(0, 7), [
+      "# the web server",
+      "# node: on the command line",
+      "port = 5316",
+      "# command: after --",
+      "# arg: after --",
+      "stop-timeout = 20",
+      "env = A=B",
+    ]);
+
+    const bad = async (name: string, text: string | null, pattern: RegExp) => {
+      if (text !== null) await conf(name, text);
+      const b = await run(INSTANCE, [name], env);
+      assert.equal(b.code, 2, `${name}: ${b.stdout}${b.stderr}`);
+      assert.match(b.stderr, pattern);
+    };
+    await bad("nonode", "command = true\n", /no "node = GUEST" line/);
+    await bad("nocmd", "node = g\n", /no "command = PROGRAM ARG\.\.\." line/);
+    await bad(
+      "named",
+      "node = g\ncommand = true\nservice_name = x\n",
+      /named\.conf:3: service_name/,
+    );
+    await bad("argfirst", "node = g\narg = x\ncommand = true\n", /argfirst\.conf:2: arg before/);
+    await bad("garbage", "node = g\nnonsense\n", /garbage\.conf:2: expected "name = value"/);
+    await bad("absent", null, /cannot read .*absent\.conf/);
+    await bad("../escape", null, /NAME must be/);
+    const help = await run(INSTANCE, ["-help"]);
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /command = WORDS/);
+  } finally {
+    await tmp.cleanup();
+  }
+});
+
+Deno.test("cmappmgr-instance: runs the application on a real cmappserver", async () => {
+  const keys = await makeKeys();
+  const server = await startServerProcess(keys.server);
+  try {
+    const d = keys.root.path;
+    await writeWrapper(`${d}/cmappmgr`, "cmappmgr");
+    await Deno.mkdir(`${d}/conf.d`);
+    const env = {
+      CMAPPMGR: `${d}/cmappmgr`,
+      CMAPPMGR_CONFDIR: `${d}/conf.d`,
+      RUNTIME_DIRECTORY: `${d}/run`,
+    };
+    const common = `node = 127.0.0.1\nport = ${server.port}\nkeydir = ${keys.manager}\n` +
+      `syslog = no\n`;
+    await Deno.writeTextFile(
+      `${d}/conf.d/app1.conf`,
+      `${common}command = sh -c\narg = echo "hello from $0"; exit 3\narg = app\n`,
+    );
+    const r = await run(INSTANCE, ["app1"], env);
+    assert.equal(r.code, 3, r.stderr);
+    assert.equal(r.stdout, "hello from app\n");
+    const list = await runMgr(mgrArgs(keys, server, "-list", "-json"));
+    const runs = JSON.parse(list.stdout) as { name: string; argv: string[] }[];
+    assert.deepEqual(runs.find((x) => x.name === "app1")?.argv, [
+      "sh",
+      "-c",
+      'echo "hello from $0"; exit 3',
+      "app",
+    ]);
+    // cmappmgr's own check of an option names the line of app2.conf.
+    await Deno.writeTextFile(
+      `${d}/conf.d/app2.conf`,
+      `${common}command = true\npoll_interval = often\n`,
+    );
+    const r2 = await run(INSTANCE, ["app2"], env);
+    assert.equal(r2.code, 2);
+    assert.match(r2.stderr, /run\/cmappmgr\.conf:6: .*poll_interval/);
+  } finally {
+    await server.stop();
+    await removeAll(keys.root);
+  }
+});
+
+/**
+ * Removes a test's directory. Retried: the per-run supervisors of killed
+ * applications may still be writing their exit status into a state directory.
+ */
+async function removeAll(dir: { path: string }): Promise<void> {
+  for (let i = 0;; i++) {
+    try {
+      await Deno.remove(dir.path, { recursive: true });
+      return;
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return;
+      if (i >= 20) throw e;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
+/** The port of the latest "listening on" line of a cmappserver log (waits for one). */
+async function listeningPort(logFile: string, after = 0): Promise<number> {
+  let port = 0;
+  await eventually(`"listening on" in ${logFile}`, async () => {
+    const text = (await Deno.readTextFile(logFile)).slice(after);
+    const all = [...text.matchAll(/listening on 127\.0\.0\.1:(\d+)/g)];
+    if (all.length) port = +all[all.length - 1][1];
+    return port > 0;
+  });
+  return port;
+}
+
+interface RunRow {
+  run: string;
+  name: string;
+  pid: number;
+  state: string;
+  argv: string[];
+  delivered: boolean;
+}
+
+/** The guest's runs, from `cmappmgr -list -json`. */
+async function listRuns(keys: KeyPair, port: number): Promise<RunRow[]> {
+  const r = await runMgr(mgrArgs(keys, { port } as ServerProcess, "-list", "-json"));
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout);
+}
+
+/** The pid of the running run `name`, if any. */
+async function runningPid(keys: KeyPair, port: number, name: string): Promise<number | undefined> {
+  return (await listRuns(keys, port)).find((r) => r.name === name && r.state === "running")?.pid;
+}
+
+/** Starts cmappmgr in the background; its end is `status`. */
+function spawnMgr(args: string[]): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: [...programCommand("cmappmgr"), ...args],
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+}
+
+for (const variant of ["start-stop-daemon", "plain sh"] as const) {
+  const reason = variant === "start-stop-daemon"
+    ? missing("start-stop-daemon", "setsid")
+    : missing("setsid");
+  testIf(
+    reason,
+    `init.d script (${variant}): start, status, reload, stop with a real cmappserver`,
+    async () => {
+      const keys = await makeKeys();
+      const d = keys.root.path;
+      const apps: number[] = [];
+      const env = {
+        CMAPPSERVER_DEFAULTS: `${d}/default`,
+        CMAPPSERVER_PIDFILE: `${d}/cmappserver.pid`,
+      };
+      const init = (action: string) => run(INIT, [action], env);
+      const log = `${d}/daemon.log`;
+      try {
+        await writeWrapper(`${d}/daemon`, "cmappserver");
+        const args = `-config /dev/null -keydir ${keys.server} -statedir ${d}/state ` +
+          `-bind 127.0.0.1 -port 0`;
+        const defaults = `DAEMON=${d}/daemon\nDAEMON_ARGS="${args}"\nDAEMON_OUTPUT=${log}\n` +
+          `START_WAIT=1\nSTOP_TIMEOUT=20\n` +
+          (variant === "plain sh" ? "START_STOP_DAEMON=\n" : "");
+        await Deno.writeTextFile(`${d}/default`, defaults);
+        assert.equal((await init("status")).code, 3, "status before the first start");
+        assert.equal((await init("stop")).code, 0, "stop before the first start");
+        assert.equal((await init("reload")).code, 7, "reload when not running");
+
+        const started = await init("start");
+        assert.equal(started.code, 0, started.stdout + started.stderr);
+        const pid = +(await Deno.readTextFile(`${d}/cmappserver.pid`)).trim();
+        assert.ok(alive(pid));
+        const st = await init("status");
+        assert.equal(st.code, 0, st.stdout);
+        assert.match(st.stdout, new RegExp(`running \\(pid ${pid}\\)`));
+        const again = await init("start");
+        assert.equal(again.code, 0, "start when running");
+        assert.match(again.stdout, /already running/);
+
+        // A manager run works.
+        let port = await listeningPort(log);
+        const r = await runMgr(
+          mgrArgs(keys, { port } as ServerProcess, "--", "sh", "-c", "echo ok; exit 7"),
+        );
+        assert.equal(r.code, 7, r.stderr);
+        assert.equal(r.stdout, "ok\n");
+
+        // force-reload is SIGHUP: the daemon reloads its trusted certificates.
+        const reload = await init("force-reload");
+        assert.equal(reload.code, 0);
+        await eventually(
+          "the SIGHUP in the log",
+          async () => /SIGHUP/.test(await Deno.readTextFile(log)),
+        );
+
+        // An application started through it outlives a stop of the daemon and
+        // is re-adopted by the next start.
+        const mgr = spawnMgr(
+          mgrArgs(keys, { port } as ServerProcess, "-service_name", "keep", "--", "sleep", "300"),
+        );
+        let app: number | undefined;
+        await eventually("the run keep", async () => {
+          app = await runningPid(keys, port, "keep");
+          return app !== undefined;
+        });
+        apps.push(app!);
+        mgr.kill("SIGKILL");
+        await mgr.status;
+
+        const stopped = await init("stop");
+        assert.equal(stopped.code, 0, stopped.stdout + stopped.stderr);
+        assert.ok(!alive(pid), "the daemon is gone");
+        assert.equal((await init("status")).code, 3, "status after stop");
+        assert.equal((await init("stop")).code, 0, "stop when stopped");
+        assert.ok(alive(app!), "the application survived the daemon's stop");
+
+        const logSize = (await Deno.readTextFile(log)).length;
+        assert.equal((await init("restart")).code, 0, "restart (from stopped)");
+        port = await listeningPort(log, logSize);
+        assert.equal(await runningPid(keys, port, "keep"), app, "re-adopted");
+        assert.match(await Deno.readTextFile(log), /re-adopted run .*\(keep\)/);
+        const restarted = await init("restart");
+        assert.equal(restarted.code, 0, restarted.stdout + restarted.stderr);
+        assert.equal((await init("status")).code, 0);
+
+        // A stale pid file: "dead, pid file exists".
+        assert.equal((await init("stop")).code, 0);
+        await Deno.writeTextFile(`${d}/cmappserver.pid`, "999999999\n");
+        const stale = await init("status");
+        assert.equal(stale.code, 1, stale.stdout);
+        // ... which start replaces.
+        assert.equal((await init("start")).code, 0);
+        assert.equal((await init("stop")).code, 0);
+
+        // A bad configuration: start fails, with the reason (given time to
+        // fail: Deno starts slowly on a busy machine).
+        await Deno.writeTextFile(
+          `${d}/default`,
+          defaults + `DAEMON_ARGS="$DAEMON_ARGS -max_processes sixty"\nSTART_WAIT=10\n`,
+        );
+        const badStart = await init("start");
+        assert.equal(badStart.code, 1);
+        assert.match(badStart.stderr, /max_processes/);
+        assert.equal((await init("status")).code, 3);
+        // Not installed: 5.
+        await Deno.writeTextFile(`${d}/default`, defaults + `DAEMON=${d}/nonexistent\n`);
+        assert.equal((await init("start")).code, 5);
+        assert.equal((await init("bogus")).code, 3, "unknown action");
+      } finally {
+        await Deno.writeTextFile(`${d}/default`, `DAEMON=/nonexistent\n`).catch(() => {});
+        await run(INIT, ["stop"], env);
+        for (const p of apps) killGroup(p);
+        await removeAll(keys.root);
+      }
+    },
+  );
+}
+
+/** Runs the OCF agent's `action` with `params` as OCF_RESKEY_*. */
+function agent(
+  action: string,
+  params: Record<string, string>,
+  meta: Record<string, string> = {},
+): Promise<Out> {
+  const env: Record<string, string> = {
+    OCF_ROOT: "/usr/lib/ocf",
+    OCF_RESOURCE_INSTANCE: params.service_name ?? "cmapp",
+    OCF_RESKEY_CRM_meta_timeout: "20000",
+    OCF_RESKEY_CRM_meta_interval: action === "monitor" ? "10000" : "0",
+  };
+  for (const [k, v] of Object.entries(params)) env[`OCF_RESKEY_${k}`] = v;
+  for (const [k, v] of Object.entries(meta)) env[`OCF_RESKEY_CRM_meta_${k}`] = v;
+  return run(AGENT, [action], env);
+}
+
+/** A server, its keys, a cmappmgr wrapper and the agent's parameters for it. */
+async function agentSetup(): Promise<
+  { keys: KeyPair; server: ServerProcess; params: Record<string, string> }
+> {
+  const keys = await makeKeys();
+  const server = await startServerProcess(keys.server);
+  await writeWrapper(`${keys.root.path}/cmappmgr`, "cmappmgr");
+  return {
+    keys,
+    server,
+    params: {
+      guest: "127.0.0.1",
+      port: String(server.port),
+      keydir: keys.manager,
+      cmappmgr: `${keys.root.path}/cmappmgr`,
+      state_dir: `${keys.root.path}/state`,
+      command: "sleep 100000",
+    },
+  };
+}
+
+/**
+ * Ends what an agent left behind: its background cmappmgr processes (pid
+ * files in `stateDir`), then every run still running on the server (the
+ * applications outlive it).
+ */
+async function endRuns(keys: KeyPair, server: ServerProcess, stateDir: string): Promise<void> {
+  try {
+    for await (const e of Deno.readDir(stateDir)) {
+      if (!e.name.endsWith(".pid")) continue;
+      const pid = +(await Deno.readTextFile(`${stateDir}/${e.name}`)).trim();
+      if (pid > 1) killGroup(pid);
+    }
+  } catch {
+    // no state directory: nothing left
+  }
+  for (const r of await listRuns(keys, server.port).catch(() => [])) {
+    if (r.state === "running") killGroup(r.pid);
+  }
+}
+
+testIf(
+  missing("ocf-tester", "xmllint"),
+  "OCF agent: ocf-tester passes against a real cmappserver",
+  async () => {
+    const { keys, server, params } = await agentSetup();
+    try {
+      const all = { ...params, service_name: "ocft1" };
+      const t0 = performance.now();
+      const r = await run("ocf-tester", [
+        "-n",
+        "ocft1",
+        ...Object.entries(all).flatMap(([k, v]) => ["-o", `${k}=${v}`]),
+        AGENT,
+      ]);
+      const secs = ((performance.now() - t0) / 1000).toFixed(1);
+      assert.equal(r.code, 0, `ocf-tester failed:\n${r.stdout}${r.stderr}`);
+      assert.match(r.stdout, /passed all tests/);
+      console.log(`ocf-tester: ${r.stdout.trim().split("\n").pop()} (${secs} s)`);
+      assert.equal(await runningPid(keys, server.port, "ocft1"), undefined);
+    } finally {
+      await endRuns(keys, server, params.state_dir);
+      await server.stop();
+      await removeAll(keys.root);
+    }
+  },
+);
+
+Deno.test("OCF agent: validation, probes, attaching, failures and lost followers", async () => {
+  const { keys, server, params } = await agentSetup();
+  const port = server.port;
+  const pidFile = (name: string) => `${params.state_dir}/cmapp-${name}.pid`;
+  try {
+    // meta-data documents every parameter.
+    const md = await agent("meta-data", {});
+    assert.equal(md.code, 0);
+    for (
+      const p of [
+        "guest",
+        "service_name",
+        "command",
+        "keydir",
+        "port",
+        "cmappserver_timeout",
+        "poll_interval",
+        "stop_timeout",
+        "cmappmgr",
+        "state_dir",
+      ]
+    ) {
+      assert.match(md.stdout, new RegExp(`<parameter name="${p}"[^]*?<longdesc[^]*?<shortdesc`));
+    }
+
+    // validate-all: configuration errors (6) and missing installation (5).
+    const ok = { ...params, service_name: "v1" };
+    assert.equal((await agent("validate-all", ok)).code, 0);
+    assert.equal((await agent("validate-all", { ...ok, guest: "" })).code, 6);
+    assert.equal((await agent("validate-all", { ...ok, service_name: "a b" })).code, 6);
+    assert.equal((await agent("validate-all", { ...ok, port: "http" })).code, 6);
+    assert.equal((await agent("validate-all", { ...ok, poll_interval: "often" })).code, 6);
+    assert.equal((await agent("validate-all", { ...ok, cmappmgr: "/nonexistent" })).code, 5);
+    assert.equal((await agent("validate-all", { ...ok, keydir: "/nonexistent" })).code, 5);
+
+    // A guest that cannot be asked: a probe says "not running", a recurring
+    // monitor "generic error"; a probe without cmappmgr "not running".
+    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const deadPort = (l.addr as Deno.NetAddr).port;
+    l.close();
+    const dead = { ...ok, port: String(deadPort), cmappserver_timeout: "1" };
+    assert.equal((await agent("monitor", dead, { interval: "0" })).code, 7);
+    assert.equal((await agent("monitor", dead)).code, 1);
+    assert.equal(
+      (await agent("monitor", { ...ok, cmappmgr: "/nonexistent" }, { interval: "0" })).code,
+      7,
+    );
+    // Nothing under that name: not running, probe or not; stop is a success.
+    assert.equal((await agent("monitor", ok, { interval: "0" })).code, 7);
+    assert.equal((await agent("monitor", ok)).code, 7);
+    assert.equal((await agent("stop", ok)).code, 0);
+
+    // start attaches to a run of that name already running: no second copy.
+    const att = { ...params, service_name: "att1" };
+    const mgr = spawnMgr(
+      mgrArgs(keys, server, "-service_name", "att1", "--", "sleep", "100000"),
+    );
+    let first: number | undefined;
+    await eventually("att1 running", async () => {
+      first = await runningPid(keys, port, "att1");
+      return first !== undefined;
+    });
+    const s1 = await agent("start", att);
+    assert.equal(s1.code, 0, s1.stderr);
+    const att1 = (await listRuns(keys, port)).filter((r) =>
+      r.name === "att1" && r.state === "running"
+    );
+    assert.deepEqual(att1.map((r) => r.pid), [first]);
+    assert.equal((await agent("monitor", att)).code, 0);
+    const stop1 = await agent("stop", att);
+    assert.equal(stop1.code, 0, stop1.stderr);
+    // The first cmappmgr learnt of the end too: the application got SIGTERM.
+    assert.equal((await mgr.status).code, 143);
+    assert.equal((await agent("monitor", att)).code, 7);
+    await assert.rejects(Deno.stat(pidFile("att1")));
+
+    // The application dies on the guest: monitor says "not running".
+    const k = { ...params, service_name: "k1" };
+    assert.equal((await agent("start", k)).code, 0);
+    const kpid = (await runningPid(keys, port, "k1"))!;
+    Deno.kill(kpid, "SIGKILL");
+    await eventually("monitor: not running", async () => (await agent("monitor", k)).code === 7);
+    assert.equal((await agent("stop", k)).code, 0);
+
+    // The background cmappmgr is gone (killed, or the node restarted) while
+    // the application runs: monitor still sees it, stop still stops it.
+    const f = { ...params, service_name: "f1" };
+    assert.equal((await agent("start", f)).code, 0);
+    const fpid = (await runningPid(keys, port, "f1"))!;
+    Deno.kill(+(await Deno.readTextFile(pidFile("f1"))).trim(), "SIGKILL");
+    assert.equal((await agent("monitor", f)).code, 0);
+    const stopF = await agent("stop", f);
+    assert.equal(stopF.code, 0, stopF.stderr);
+    await eventually("f1's application ended", () => !alive(fpid));
+    assert.equal(await runningPid(keys, port, "f1"), undefined);
+
+    // The application ended while nobody followed it (its exit status not
+    // received): the next start still starts it afresh.
+    const u = { ...params, service_name: "u1" };
+    assert.equal((await agent("start", u)).code, 0);
+    const upid = (await runningPid(keys, port, "u1"))!;
+    Deno.kill(+(await Deno.readTextFile(pidFile("u1"))).trim(), "SIGKILL");
+    Deno.kill(upid, "SIGKILL");
+    await eventually(
+      "u1 ended, unclaimed",
+      async () =>
+        (await listRuns(keys, port)).some((r) =>
+          r.name === "u1" && r.state === "exited" && !r.delivered
+        ),
+    );
+    assert.equal((await agent("monitor", u)).code, 7);
+    const su = await agent("start", u);
+    assert.equal(su.code, 0, su.stderr);
+    const upid2 = await runningPid(keys, port, "u1");
+    assert.ok(upid2 && upid2 !== upid);
+    assert.equal((await agent("stop", u)).code, 0);
+    assert.equal(await runningPid(keys, port, "u1"), undefined);
+  } finally {
+    await endRuns(keys, server, params.state_dir);
+    await server.stop();
+    await removeAll(keys.root);
+  }
+});
