@@ -288,3 +288,80 @@ export async function rawTls(keydir: string, port: number): Promise<RawTls> {
     },
   };
 }
+
+/** A live process, as `ps` sees it (Deno cannot read /proc without --allow-all). */
+export interface Proc {
+  pid: number;
+  pgid: number;
+  sid: number;
+  stat: string;
+  args: string;
+}
+
+/** Every live (non-zombie) process. */
+export async function processes(): Promise<Proc[]> {
+  const out = await new Deno.Command("ps", {
+    args: ["-e", "-o", "pid=,pgid=,sid=,stat=,args="],
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  const procs: Proc[] = [];
+  for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
+    const m = /^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\S+)\s?(.*)$/.exec(line);
+    if (!m || m[4].startsWith("Z") || m[4].startsWith("X")) continue;
+    procs.push({ pid: +m[1], pgid: +m[2], sid: +m[3], stat: m[4], args: m[5] });
+  }
+  return procs;
+}
+
+/** A pid that may be a process we started (never init, never this process). */
+export function ours(pid: unknown): pid is number {
+  return typeof pid === "number" && Number.isInteger(pid) && pid > 1 && pid !== Deno.pid;
+}
+
+/**
+ * Ends every application recorded in the state directories and every one in
+ * `pids`, and waits for them and their supervisors to be gone (supervisors
+ * write the exit status, then end: wait before removing their files).
+ */
+export async function reapRuns(stateDirs: string[], pids: Set<number>): Promise<void> {
+  const supervisors: number[] = [];
+  for (const dir of stateDirs) {
+    try {
+      for (const e of Deno.readDirSync(`${dir}/runs`)) {
+        if (!e.name.endsWith(".json")) continue;
+        try {
+          const r = JSON.parse(Deno.readTextFileSync(`${dir}/runs/${e.name}`));
+          if (ours(r.pid)) pids.add(r.pid);
+          if (ours(r.supervisorPid)) supervisors.push(r.supervisorPid);
+        } catch {
+          // damaged (on purpose, in some tests)
+        }
+      }
+    } catch {
+      // no state directory
+    }
+  }
+  for (const pid of pids) if (ours(pid)) killGroup(pid);
+  await eventually(
+    "the applications and their supervisors to end",
+    async () => {
+      const live = new Set((await processes()).map((p) => p.pid));
+      return [...pids, ...supervisors].every((p) => !live.has(p));
+    },
+    10_000,
+  ).catch((e) => {
+    for (const p of supervisors) killGroup(p);
+    throw e;
+  });
+}
+
+/** True while the process exists and is not a zombie. */
+export async function running(pid: number): Promise<boolean> {
+  return (await processes()).some((p) => p.pid === pid);
+}
+
+/** Live processes of a session or process group (like `pgrep -s ID` plus `pgrep -g ID`). */
+export async function members(id: number): Promise<Proc[]> {
+  return (await processes()).filter((p) => p.pgid === id || p.sid === id);
+}

@@ -11,9 +11,13 @@ import {
   type KeyPair,
   killGroup,
   makeKeys,
+  members,
   mgrArgs,
   type MgrResult,
+  processes,
   programCommand,
+  reapRuns,
+  running,
   type ServerProcess,
   startServerProcess,
 } from "./_harness.ts";
@@ -21,41 +25,6 @@ import { type Client, connect, LaunchError } from "../manager/mod.ts";
 import { loadIdentity, loadTrust } from "../tls/mod.ts";
 import type { ExitStatus } from "../protocol/mod.ts";
 import { deriveName } from "../server/runs.ts";
-
-/** One process as `ps` shows it. (Deno refuses /proc without --allow-all.) */
-interface Proc {
-  pid: number;
-  pgid: number;
-  sid: number;
-  stat: string;
-  args: string;
-}
-
-/** Every live (non-zombie) process. */
-async function processes(): Promise<Proc[]> {
-  const out = await new Deno.Command("ps", {
-    args: ["-e", "-o", "pid=,pgid=,sid=,stat=,args="],
-    stdout: "piped",
-    stderr: "null",
-  }).output();
-  const procs: Proc[] = [];
-  for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
-    const m = /^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\S+)\s?(.*)$/.exec(line);
-    if (!m || m[4].startsWith("Z") || m[4].startsWith("X")) continue;
-    procs.push({ pid: +m[1], pgid: +m[2], sid: +m[3], stat: m[4], args: m[5] });
-  }
-  return procs;
-}
-
-/** True while the process exists and is not a zombie. */
-async function running(pid: number): Promise<boolean> {
-  return (await processes()).some((p) => p.pid === pid);
-}
-
-/** Live processes of a session or process group (like `pgrep -s ID` plus `pgrep -g ID`). */
-async function members(id: number): Promise<Proc[]> {
-  return (await processes()).filter((p) => p.pgid === id || p.sid === id);
-}
 
 /** Live session leaders whose command line mentions `token`: the applications started. */
 async function leadersMentioning(token: string): Promise<number[]> {
@@ -168,43 +137,13 @@ class Fixture {
       await c.closed;
     }
     // Every application recorded, and every one we were told of.
-    const supervisors: number[] = [];
     try {
-      for (const e of Deno.readDirSync(`${this.stateDir}/runs`)) {
-        if (!e.name.endsWith(".json")) continue;
-        try {
-          const r = JSON.parse(Deno.readTextFileSync(`${this.stateDir}/runs/${e.name}`));
-          if (ours(r.pid)) this.pids.add(r.pid);
-          if (ours(r.supervisorPid)) supervisors.push(r.supervisorPid);
-        } catch {
-          // damaged on purpose
-        }
-      }
-    } catch {
-      // no state directory
-    }
-    for (const pid of this.pids) if (ours(pid)) killGroup(pid);
-    // Supervisors write the exit status, then end; wait for them before removing the files.
-    await eventually(
-      "the applications and their supervisors to end",
-      async () => {
-        const live = new Set((await processes()).map((p) => p.pid));
-        return [...this.pids, ...supervisors].every((p) => !live.has(p));
-      },
-      10_000,
-    ).catch((e) => {
-      for (const p of supervisors) killGroup(p);
-      throw e;
-    }).finally(async () => {
+      await reapRuns([this.stateDir], this.pids);
+    } finally {
       for (const s of this.servers) await s.stop().catch(() => {});
       await this.keys.root.cleanup();
-    });
+    }
   }
-}
-
-/** A pid that may be a process we started (never init, never this process). */
-function ours(pid: unknown): pid is number {
-  return typeof pid === "number" && Number.isInteger(pid) && pid > 1 && pid !== Deno.pid;
 }
 
 /**

@@ -13,9 +13,12 @@ import {
   type KeyPair,
   killGroup,
   makeKeys,
+  members,
   type MgrResult,
   programCommand,
+  reapRuns,
   runMgr,
+  running,
   type ServerProcess,
   startServerProcess,
   trust,
@@ -44,44 +47,6 @@ async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   } finally {
     clearTimeout(timer);
   }
-}
-
-/** One process as `ps` shows it. (Deno refuses /proc without --allow-all.) */
-interface Proc {
-  pid: number;
-  pgid: number;
-  sid: number;
-}
-
-/** Every live (non-zombie) process. */
-async function processes(): Promise<Proc[]> {
-  const out = await new Deno.Command("ps", {
-    args: ["-e", "-o", "pid=,pgid=,sid=,stat="],
-    stdout: "piped",
-    stderr: "null",
-  }).output();
-  const procs: Proc[] = [];
-  for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
-    const m = /^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\S+)/.exec(line);
-    if (!m || m[4].startsWith("Z") || m[4].startsWith("X")) continue;
-    procs.push({ pid: +m[1], pgid: +m[2], sid: +m[3] });
-  }
-  return procs;
-}
-
-/** True while the process exists and is not a zombie. */
-async function running(pid: number): Promise<boolean> {
-  return (await processes()).some((p) => p.pid === pid);
-}
-
-/** Live processes of a session or process group. */
-async function members(id: number): Promise<Proc[]> {
-  return (await processes()).filter((p) => p.pgid === id || p.sid === id);
-}
-
-/** A pid that may be a process we started (never init, never this process). */
-function ours(pid: unknown): pid is number {
-  return typeof pid === "number" && Number.isInteger(pid) && pid > 1 && pid !== Deno.pid;
 }
 
 /** A port with nothing listening on it. */
@@ -374,38 +339,12 @@ class Fixture {
       await c.closed;
     }
     for (const r of this.relays) await r.close();
-    const supervisors: number[] = [];
-    for (const dir of this.stateDirs) {
-      try {
-        for (const e of Deno.readDirSync(`${dir}/runs`)) {
-          if (!e.name.endsWith(".json")) continue;
-          try {
-            const r = JSON.parse(Deno.readTextFileSync(`${dir}/runs/${e.name}`));
-            if (ours(r.pid)) this.pids.add(r.pid);
-            if (ours(r.supervisorPid)) supervisors.push(r.supervisorPid);
-          } catch {
-            // unreadable
-          }
-        }
-      } catch {
-        // no state directory
-      }
-    }
-    for (const pid of this.pids) if (ours(pid)) killGroup(pid);
-    await eventually(
-      "the applications and their supervisors to end",
-      async () => {
-        const live = new Set((await processes()).map((p) => p.pid));
-        return [...this.pids, ...supervisors].every((p) => !live.has(p));
-      },
-      10_000,
-    ).catch((e) => {
-      for (const p of supervisors) killGroup(p);
-      throw e;
-    }).finally(async () => {
+    try {
+      await reapRuns([...this.stateDirs], this.pids);
+    } finally {
       for (const s of this.servers) await s.stop().catch(() => {});
       await this.keys.root.cleanup();
-    });
+    }
   }
 }
 
