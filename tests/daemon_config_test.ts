@@ -12,6 +12,7 @@ import {
   mgrArgs,
   programCommand,
   rawTls,
+  reapRuns,
   runMgr,
   runServerCli,
   startServerProcess,
@@ -235,7 +236,8 @@ Deno.test("the configuration file is honoured, and the command line wins over it
       }
     }
   } finally {
-    for (const pid of pids) killGroup(pid);
+    // Supervisors write exit statuses into the state directory: let them finish first.
+    await reapRuns([`${keys.server}-state`], new Set(pids));
     await keys.root.cleanup();
   }
 });

@@ -8,10 +8,11 @@ import { createHash } from "node:crypto";
 import {
   eventually,
   type KeyPair,
-  killGroup,
   makeKeys,
   mgrArgs,
+  processes,
   programCommand,
+  reapRuns,
   type ServerProcess,
   startServerProcess,
 } from "./_harness.ts";
@@ -25,30 +26,6 @@ interface Mgr {
   status: Promise<Deno.CommandStatus>;
   /** True once it has exited. */
   exited(): boolean;
-}
-
-/** One process as `ps` shows it. (Deno refuses /proc without --allow-all.) */
-interface Proc {
-  pid: number;
-  sid: number;
-  stat: string;
-  args: string;
-}
-
-/** Every live (non-zombie) process. */
-async function processes(): Promise<Proc[]> {
-  const out = await new Deno.Command("ps", {
-    args: ["-e", "-o", "pid=,sid=,stat=,args="],
-    stdout: "piped",
-    stderr: "null",
-  }).output();
-  const procs: Proc[] = [];
-  for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
-    const m = /^\s*(\d+)\s+(\d+)\s+(\S+)\s?(.*)$/.exec(line);
-    if (!m || m[3].startsWith("Z") || m[3].startsWith("X")) continue;
-    procs.push({ pid: +m[1], sid: +m[2], stat: m[3], args: m[4] });
-  }
-  return procs;
 }
 
 /** Resident set sizes in KiB of the given processes (absent when gone). */
@@ -165,25 +142,9 @@ class Fixture {
         // not piped
       }
     }
-    // Any application still running (a test failed half way): its session is ours to end.
-    const runs = `${this.keys.server}-state/runs`;
-    const pids: number[] = [];
-    try {
-      for (const e of Deno.readDirSync(runs)) {
-        if (!e.name.endsWith(".json")) continue;
-        try {
-          pids.push(JSON.parse(Deno.readTextFileSync(`${runs}/${e.name}`)).pid);
-        } catch {
-          // being rewritten
-        }
-      }
-    } catch {
-      // no runs
-    }
-    if (pids.length > 0) {
-      const live = await processes();
-      for (const pid of pids) if (live.some((p) => p.pid === pid && p.sid === pid)) killGroup(pid);
-    }
+    // Any application still running (a test failed half way), and every supervisor, must
+    // be gone before the state directory is removed.
+    await reapRuns([`${this.keys.server}-state`], new Set());
     try {
       await this.server.stop();
     } finally {

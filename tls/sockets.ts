@@ -116,6 +116,9 @@ export function listenTls(options: TlsListenOptions): Promise<TlsListener> {
     handshakeTimeout: options.handshakeTimeoutMs,
     minVersion: "TLSv1.2",
   });
+  // Connections dropped for max_connections: their TLS layer then reports a
+  // failed handshake, which is not news.
+  const dropped = new WeakSet<object>();
   if (options.maxConnections !== undefined) {
     let open = 0;
     server.on(
@@ -133,6 +136,7 @@ export function listenTls(options: TlsListenOptions): Promise<TlsListener> {
             _address(raw),
             `dropped: ${open} connections already open (max_connections ${options.maxConnections})`,
           );
+          dropped.add(raw);
           raw.destroy();
           return;
         }
@@ -161,6 +165,11 @@ export function listenTls(options: TlsListenOptions): Promise<TlsListener> {
     );
   });
   server.on("tlsClientError", (err: Error, sock: tls.TLSSocket) => {
+    const parent = (sock as _Peer | undefined)?._parent;
+    if (parent && dropped.has(parent)) {
+      sock.destroy();
+      return;
+    }
     options.onHandshakeError(sock ? _address(sock as _Peer) : "?", _tlsReason(err));
     sock?.destroy();
   });
