@@ -9,7 +9,6 @@
 
 import { createLogger, type Logger, type LogLevel } from "../log/logger.ts";
 import { FileSink, type LogSink, stderrSink, SyslogSink } from "../log/sinks.ts";
-import { connect, LaunchError, ManagerError, runCommand } from "../manager/mod.ts";
 import {
   describeExit,
   formatVersion,
@@ -19,18 +18,23 @@ import {
   signalNumber,
   SOFTWARE_VERSION,
 } from "../protocol/mod.ts";
-import {
-  type Identity,
-  KeyDirError,
-  loadIdentity,
-  loadTrust,
-  type TrustStore,
-} from "../tls/mod.ts";
+import type { Identity, TrustStore } from "../tls/mod.ts";
 import { type OptionSpec, parseArgs, UsageError } from "./_args.ts";
 import { mergeSettings, readConfig } from "./_config.ts";
 import { printErr, printOut } from "./_io.ts";
-import { runKeygen } from "./_keygen.ts";
 import { EXIT_FOR_KIND, MGR_EXIT } from "./exit_codes.ts";
+
+// manager/ and tls/ load node:tls (~45 ms of start-up): they are imported
+// only once a command needs them, so -help, -version and usage errors skip
+// them. The specifiers are literal, so `deno compile` still bundles them.
+type _Manager = typeof import("../manager/mod.ts");
+type _Tls = typeof import("../tls/mod.ts");
+let _mgr: _Manager;
+let _tls: _Tls;
+
+async function _loadNet(): Promise<void> {
+  [_mgr, _tls] = await Promise.all([import("../manager/mod.ts"), import("../tls/mod.ts")]);
+}
 
 const PROGRAM = "cmappmgr";
 const DEFAULT_KEYDIR = "/etc/cmappmgr";
@@ -219,13 +223,13 @@ async function _writeAll(w: { write(p: Uint8Array): Promise<number> }, bytes: Ui
 }
 
 function _fail(e: unknown): number {
-  if (e instanceof LaunchError) {
+  if (e instanceof _mgr.LaunchError) {
     printErr(`cmappmgr: ${e.message}\n`);
     if (e.code === "not_found") return MGR_EXIT.notFound;
     if (e.code === "not_executable" || e.code === "spawn_failed") return MGR_EXIT.notExecutable;
     return MGR_EXIT.refused;
   }
-  if (e instanceof ManagerError) {
+  if (e instanceof _mgr.ManagerError) {
     printErr(`cmappmgr: ${e.message}\n`);
     return EXIT_FOR_KIND[e.kind];
   }
@@ -259,7 +263,7 @@ function _table(runs: RunInfo[]): string {
 
 async function _otherVerb(cfg: _Config, identity: Identity, trust: TrustStore): Promise<number> {
   try {
-    const client = await connect({
+    const client = await _mgr.connect({
       host: cfg.node,
       port: cfg.port,
       identity,
@@ -280,7 +284,7 @@ async function _otherVerb(cfg: _Config, identity: Identity, trust: TrustStore): 
         return 0;
       }
       if (client.version.minor < 1) {
-        throw new ManagerError("version", `${client.serverAgent} does not support -list`);
+        throw new _mgr.ManagerError("version", `${client.serverAgent} does not support -list`);
       }
       const runs = await client.list();
       printOut(cfg.json ? JSON.stringify(runs, null, 2) + "\n" : _table(runs));
@@ -326,6 +330,7 @@ function _logger(
 
 async function main(args: string[]): Promise<number> {
   if (args[0] === "keygen") {
+    const { runKeygen } = await import("./_keygen.ts");
     return await runKeygen({
       program: PROGRAM,
       defaultKeyDir: DEFAULT_KEYDIR,
@@ -343,12 +348,13 @@ async function main(args: string[]): Promise<number> {
     printErr(`cmappmgr: ${e.message}\n${USAGE}`);
     return MGR_EXIT.usage;
   }
+  await _loadNet();
   let identity: Identity, trust: TrustStore;
   try {
-    identity = await loadIdentity(cfg.keydir, PROGRAM);
-    trust = await loadTrust(cfg.keydir, "server");
+    identity = await _tls.loadIdentity(cfg.keydir, PROGRAM);
+    trust = await _tls.loadTrust(cfg.keydir, "server");
   } catch (e) {
-    if (!(e instanceof KeyDirError)) throw e;
+    if (!(e instanceof _tls.KeyDirError)) throw e;
     printErr(`cmappmgr: ${e.message}\n`);
     return MGR_EXIT.config;
   }
@@ -379,7 +385,7 @@ async function main(args: string[]): Promise<number> {
   const handlers = [["SIGTERM", onSignal("SIGTERM")], ["SIGINT", onSignal("SIGINT")]] as const;
   for (const [sig, h] of handlers) Deno.addSignalListener(sig, h);
   try {
-    const outcome = await runCommand({
+    const outcome = await _mgr.runCommand({
       host: cfg.node,
       port: cfg.port,
       identity,
@@ -407,7 +413,7 @@ async function main(args: string[]): Promise<number> {
     logger.info(`run ${outcome.run} pid ${outcome.pid} ${describeExit(outcome.exit)}`);
     return shellExitCode(outcome.exit);
   } catch (e) {
-    if (e instanceof LaunchError || e instanceof ManagerError) log.quiet.error(e.message);
+    if (e instanceof _mgr.LaunchError || e instanceof _mgr.ManagerError) log.quiet.error(e.message);
     return _fail(e);
   } finally {
     for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);

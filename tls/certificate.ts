@@ -4,10 +4,10 @@
  * @module
  */
 
-import "reflect-metadata";
-import * as x509 from "@peculiar/x509";
-
-x509.cryptoProvider.set(globalThis.crypto);
+// node:crypto's X509Certificate is native (built into Deno) and costs nothing
+// beyond node:tls, which the sockets load anyway; @peculiar/x509 took ~180 ms
+// of every start-up to load, so only keygen.ts loads it, lazily.
+import { X509Certificate } from "node:crypto";
 
 /** What cmapp needs to know about a certificate. */
 export interface CertificateInfo {
@@ -76,29 +76,87 @@ export async function fingerprintOf(der: Uint8Array): Promise<string> {
 }
 
 /** Reads one certificate from its DER bytes. */
-export async function certificateFromDer(der: Uint8Array): Promise<CertificateInfo> {
-  let cert: x509.X509Certificate;
+export function certificateFromDer(der: Uint8Array): Promise<CertificateInfo> {
   try {
-    cert = new x509.X509Certificate(der as Uint8Array<ArrayBuffer>);
+    return Promise.resolve(_info(_parse(der, "not a valid X.509 certificate")));
   } catch (e) {
-    throw new CertificateError(`not a valid X.509 certificate: ${(e as Error).message}`);
+    return Promise.reject(e);
   }
-  return await _info(cert);
 }
 
-async function _info(cert: x509.X509Certificate): Promise<CertificateInfo> {
-  const bc = cert.getExtension(x509.BasicConstraintsExtension);
-  const san = cert.getExtension(x509.SubjectAlternativeNameExtension);
-  const names = san ? san.names.items.map((n) => n.value) : [];
+function _parse(input: Uint8Array | string, what: string): X509Certificate {
+  try {
+    return new X509Certificate(input);
+  } catch (e) {
+    throw new CertificateError(`${what}: ${(e as Error).message}`);
+  }
+}
+
+function _info(cert: X509Certificate): CertificateInfo {
   return {
-    fingerprint: await fingerprintOf(new Uint8Array(cert.rawData)),
-    subject: cert.subject,
-    notBefore: cert.notBefore,
-    notAfter: cert.notAfter,
-    isCA: bc?.ca ?? false,
-    names,
-    pem: cert.toString("pem"),
+    fingerprint: cert.fingerprint256,
+    subject: _subject(cert.subject),
+    notBefore: _date(cert.validFrom),
+    notAfter: _date(cert.validTo),
+    isCA: cert.ca,
+    names: _altNames(cert.subjectAltName),
+    pem: cert.toString().trimEnd(),
   };
+}
+
+/** "Dec  2 11:04:41 2026 GMT" (OpenSSL's form, which node:crypto gives) as a Date. */
+function _date(text: string): Date {
+  const d = new Date(text);
+  if (Number.isNaN(d.getTime())) throw new CertificateError(`unreadable validity date ${text}`);
+  return d;
+}
+
+/**
+ * node:crypto gives the subject one "KEY=value" per line; cmapp shows it as
+ * RFC 4514 does ("CN=web1, O=Acme\\, Inc.", most significant last as printed).
+ */
+function _subject(text: string): string {
+  return text.split("\n").filter((l) => l !== "").map((line) => {
+    const eq = line.indexOf("=");
+    if (eq < 0) return line;
+    return `${line.slice(0, eq)}=${line.slice(eq + 1).replace(/([,+"\\<>;])/g, "\\$1")}`;
+  }).join(", ");
+}
+
+const _NAME_TYPES = new Set(["DNS", "IP Address", "email", "URI"]);
+
+/**
+ * The values of node:crypto's subjectAltName text ("DNS:a, IP Address:::1,
+ * DNS:\"b,c\"": a value with special characters is a JSON string).
+ */
+function _altNames(text: string | undefined): string[] {
+  if (!text) return [];
+  const names: string[] = [];
+  let i = 0;
+  while (i < text.length) {
+    const colon = text.indexOf(":", i);
+    if (colon < 0) break;
+    const type = text.slice(i, colon);
+    let value: string;
+    let next: number;
+    if (text[colon + 1] === '"') {
+      let j = colon + 2;
+      while (j < text.length && text[j] !== '"') j += text[j] === "\\" ? 2 : 1;
+      try {
+        value = String(JSON.parse(text.slice(colon + 1, j + 1)));
+      } catch {
+        throw new CertificateError(`unreadable subjectAltName ${text}`);
+      }
+      next = text.indexOf(", ", j + 1);
+    } else {
+      next = text.indexOf(", ", colon + 1);
+      value = text.slice(colon + 1, next < 0 ? text.length : next);
+    }
+    if (_NAME_TYPES.has(type)) names.push(value);
+    if (next < 0) break;
+    i = next + 2;
+  }
+  return names;
 }
 
 /**
@@ -111,20 +169,16 @@ async function _info(cert: x509.X509Certificate): Promise<CertificateInfo> {
  * const [info] = await parseCertificates(await Deno.readTextFile("cert.pem"));
  * ```
  */
-export async function parseCertificates(pem: string): Promise<CertificateInfo[]> {
+export function parseCertificates(pem: string): Promise<CertificateInfo[]> {
   const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g);
-  if (!blocks) throw new CertificateError("no PEM certificate found");
+  if (!blocks) return Promise.reject(new CertificateError("no PEM certificate found"));
   const out: CertificateInfo[] = [];
-  for (const block of blocks) {
-    let cert: x509.X509Certificate;
-    try {
-      cert = new x509.X509Certificate(block);
-    } catch (e) {
-      throw new CertificateError(`malformed certificate: ${(e as Error).message}`);
-    }
-    out.push(await _info(cert));
+  try {
+    for (const block of blocks) out.push(_info(_parse(block, "malformed certificate")));
+  } catch (e) {
+    return Promise.reject(e);
   }
-  return out;
+  return Promise.resolve(out);
 }
 
 /**

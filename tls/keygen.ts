@@ -5,9 +5,24 @@
  * @module
  */
 
-import "reflect-metadata";
-import * as x509 from "@peculiar/x509";
 import { type CertificateInfo, parseCertificates } from "./certificate.ts";
+
+type _X509 = typeof import("@peculiar/x509");
+
+let _x509Module: Promise<_X509> | undefined;
+
+/**
+ * @peculiar/x509 (with reflect-metadata and its ASN.1 schemas) takes ~180 ms
+ * to load, and only keygen needs it: it is loaded on the first call, not at
+ * start-up. The specifiers are literal, so `deno compile` still bundles it.
+ */
+function _loadX509(): Promise<_X509> {
+  _x509Module ??= import("reflect-metadata").then(() => import("@peculiar/x509")).then((x509) => {
+    x509.cryptoProvider.set(globalThis.crypto);
+    return x509;
+  });
+  return _x509Module;
+}
 
 /** Key algorithms keygen offers. */
 export type KeyAlgorithm = "ed25519" | "p256";
@@ -55,6 +70,7 @@ function _isIp(name: string): boolean {
  * ```
  */
 export async function generateIdentity(options: GenerateOptions): Promise<GeneratedIdentity> {
+  const x509 = await _loadX509();
   const algorithm: EcKeyGenParams | Algorithm = options.algorithm === "p256"
     ? { name: "ECDSA", namedCurve: "P-256" }
     : { name: "Ed25519" };
