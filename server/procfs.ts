@@ -71,10 +71,19 @@ export function parseStatLines(text: string): Map<number, ProcStat> {
   return out;
 }
 
-/** The stat lines of the given processes (missing ones are simply absent). */
+/**
+ * The stat lines of the given processes (missing ones are simply absent):
+ * one `cat` per 2000 of them, to stay well within the kernel's limit on
+ * the size of a command line.
+ */
 export async function procStats(pids: number[]): Promise<Map<number, ProcStat>> {
-  if (pids.length === 0) return new Map();
-  return parseStatLines(await _cat_(pids.map((p) => `/proc/${p}/stat`)));
+  const out = new Map<number, ProcStat>();
+  const unique = [...new Set(pids)];
+  for (let i = 0; i < unique.length; i += 2000) {
+    const chunk = unique.slice(i, i + 2000).map((p) => `/proc/${p}/stat`);
+    for (const [pid, st] of parseStatLines(await _cat_(chunk))) out.set(pid, st);
+  }
+  return out;
 }
 
 /** The stat lines of every process. */

@@ -12,7 +12,7 @@ import type { Logger } from "../log/logger.ts";
 import { type LaunchPolicy, type LaunchRequest, prepareLaunch } from "./policy.ts";
 import type { RunRecord, RunStore } from "./store.ts";
 import { RunStreams } from "./streams.ts";
-import { bootId, processStartTime } from "./procfs.ts";
+import { bootId, isLive, processStartTime, procStats } from "./procfs.ts";
 import {
   readStatusFile,
   signalSession,
@@ -120,6 +120,12 @@ export class RunTable {
   readonly #listeners = new Map<string, Set<ExitListener>>();
   readonly #launching = new Map<string, Promise<unknown>>();
   readonly #stopTimers = new Map<string, ReturnType<typeof setTimeout>>();
+  /** Finished runs whose status no manager has received, in the order they ended. */
+  readonly #undelivered = new Set<Run>();
+  /** Finished runs whose status was received, in the order it was. */
+  readonly #delivered = new Set<Run>();
+  /** Every finished run, in the order they ended (for the age limit). */
+  readonly #byEnd = new Set<Run>();
   /** Runs watched by polling, with their supervisor's pid. */
   readonly #watched = new Map<Run, number>();
   #running = 0;
@@ -237,7 +243,9 @@ export class RunTable {
       name,
       argv: run.argv as string[],
       pid: p.pid,
-      pidStart: await processStartTime(p.pid),
+      // From the supervisor's first line; a supervisor that could not read it
+      // (or an older one) leaves it to /proc, through a subprocess.
+      pidStart: p.pidStart ?? await processStartTime(p.pid),
       supervisorPid: p.supervisorPid,
       bootId: this.#boot,
       startedAt: run.startedAt.toISOString(),
@@ -246,6 +254,8 @@ export class RunTable {
     };
     this.#add(run);
     try {
+      // In place before the reply, so a restarted cmappserver re-adopts it;
+      // synced to disk after it (see RunStore).
       await this.#o.store.write(record);
     } catch (e) {
       this.#o.logger.error(
@@ -300,12 +310,19 @@ export class RunTable {
     await Promise.all(waits);
   }
 
-  /** Records that a manager has received the run's exit status. */
+  /**
+   * Records that a manager has received the run's exit status. Resolves
+   * once the marker file exists (what a restarted cmappserver reads), before
+   * it is synced to disk: losing it in a crash of the guest only means the
+   * status is delivered once more, which at-least-once allows.
+   */
   async release(id: string): Promise<boolean> {
     const run = this.#runs.get(id);
     if (!run || !hasEnded(run)) return false;
     if (run.delivered) return true;
     run.delivered = true;
+    this.#undelivered.delete(run);
+    this.#delivered.add(run);
     await this.#o.store.markDelivered(id).catch((e) =>
       this.#o.logger.error(`run ${id}: cannot record its delivery: ${(e as Error).message}`)
     );
@@ -344,6 +361,10 @@ export class RunTable {
     const prev = this.#byName.get(run.name);
     if (!prev || prev.startedAt <= run.startedAt) this.#byName.set(run.name, run);
     if (!hasEnded(run)) this.#running++;
+    else {
+      (run.delivered ? this.#delivered : this.#undelivered).add(run);
+      this.#byEnd.add(run);
+    }
   }
 
   #finish(run: Run, exit: ExitStatus | null, lost: string | null): void {
@@ -352,6 +373,8 @@ export class RunTable {
     run.lost = exit ? null : lost;
     run.endedAt = new Date();
     this.#running--;
+    (run.delivered ? this.#delivered : this.#undelivered).add(run);
+    this.#byEnd.add(run);
     this.#watched.delete(run);
     const timer = this.#stopTimers.get(run.id);
     if (timer !== undefined) {
@@ -370,23 +393,34 @@ export class RunTable {
     this.#prune();
   }
 
-  /** Forgets finished runs beyond the count and age limits. */
+  /**
+   * Forgets finished runs beyond the age limit (oldest end first), then
+   * beyond the count limit: received ones first, in the order they were
+   * received, then unreceived ones, oldest end first. Amortised O(1): every
+   * set is kept in its order (runs end, and are received, in time order), so
+   * only their heads are looked at.
+   */
   #prune(): void {
     const now = Date.now();
-    const finished = [...this.#runs.values()].filter(hasEnded).sort((a, b) =>
-      Number(b.delivered) - Number(a.delivered) ||
-      a.endedAt!.getTime() - b.endedAt!.getTime()
-    );
-    let excess = finished.length - this.#o.keepFinished;
-    for (const run of finished) {
-      const old = now - run.endedAt!.getTime() > this.#o.keepFinishedMs;
-      if (excess <= 0 && !old) continue;
-      excess--;
-      this.#runs.delete(run.id);
-      run.io?.close();
-      if (this.#byName.get(run.name) === run) this.#byName.delete(run.name);
-      this.#o.store.remove(run.id).catch(() => {});
+    const head = (set: Set<Run>) => set.values().next().value as Run | undefined;
+    for (let r = head(this.#byEnd); r; r = head(this.#byEnd)) {
+      if (now - r.endedAt!.getTime() <= this.#o.keepFinishedMs) break;
+      this.#forget(r);
     }
+    let excess = this.#byEnd.size - this.#o.keepFinished;
+    for (const set of [this.#delivered, this.#undelivered]) {
+      for (let r = head(set); excess > 0 && r; r = head(set), excess--) this.#forget(r);
+    }
+  }
+
+  #forget(run: Run): void {
+    this.#byEnd.delete(run);
+    this.#delivered.delete(run);
+    this.#undelivered.delete(run);
+    this.#runs.delete(run.id);
+    run.io?.close();
+    if (this.#byName.get(run.name) === run) this.#byName.delete(run.name);
+    this.#o.store.remove(run.id).catch(() => {});
   }
 
   async #recover(): Promise<void> {
@@ -394,6 +428,14 @@ export class RunTable {
     for (const d of damaged) {
       this.#o.logger.warn(`state: set aside a damaged run record: ${d}`);
     }
+    // One read of /proc for every process the records name.
+    const procs = await procStats(
+      runs.filter((r) => !r.exit).flatMap(({ record }) => [record.pid, record.supervisorPid]),
+    );
+    const startOf = (pid: number) => {
+      const st = procs.get(pid);
+      return isLive(st) ? st.startTime : null;
+    };
     for (const { record, exit, delivered } of runs) {
       const lostLine = await Deno.readTextFile(this.#o.store.statusFile(record.id)).catch(() => "");
       const run: Run = {
@@ -422,9 +464,8 @@ export class RunTable {
         this.#finish(run, null, "the guest was restarted while it ran");
         continue;
       }
-      const alive = record.pidStart !== null &&
-        (await processStartTime(record.pid)) === record.pidStart;
-      if (alive || (await processStartTime(record.supervisorPid)) !== null) {
+      const alive = record.pidStart !== null && startOf(record.pid) === record.pidStart;
+      if (alive || startOf(record.supervisorPid) !== null) {
         this.#o.logger.info(
           `state: re-adopted run ${run.id} (${run.name}) pid ${run.pid}, started ${record.startedAt}`,
         );
@@ -441,6 +482,12 @@ export class RunTable {
         }
       }
     }
+    // Recovered runs came in start order: put the finished ones in end order.
+    for (const set of [this.#delivered, this.#undelivered, this.#byEnd]) {
+      const sorted = [...set].sort((x, y) => x.endedAt!.getTime() - y.endedAt!.getTime());
+      set.clear();
+      for (const r of sorted) set.add(r);
+    }
     this.#prune();
   }
 
@@ -453,14 +500,17 @@ export class RunTable {
       if (busy) return;
       busy = true;
       try {
-        for (const [r, supervisorPid] of [...this.#watched]) {
+        const watched = [...this.#watched];
+        // One read of /proc per tick for all of them, not two per run.
+        const procs = await procStats(watched.flatMap(([r, sup]) => [r.pid, sup]));
+        for (const [r, supervisorPid] of watched) {
           const exit = await readStatusFile(this.#o.store.statusFile(r.id));
           if (exit) {
             this.#finish(r, exit, null);
             continue;
           }
-          const appAlive = (await processStartTime(r.pid)) !== null;
-          const supAlive = (await processStartTime(supervisorPid)) !== null;
+          const appAlive = isLive(procs.get(r.pid));
+          const supAlive = isLive(procs.get(supervisorPid));
           if (!appAlive && !supAlive) {
             const late = await readStatusFile(this.#o.store.statusFile(r.id));
             this.#finish(

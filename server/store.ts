@@ -9,9 +9,14 @@
  * STATEDIR/damaged/           unreadable files, set aside with a warning
  * ```
  *
- * Every write goes to a temporary file that is synced, then renamed over
- * the old one: a crash leaves either the old file or the new one, never a
- * torn one.
+ * Every write goes to a temporary file that is renamed over the old one: a
+ * crash of cmappserver leaves either the old file or the new one, never a
+ * torn one. A write resolves once the file is renamed into place, which is
+ * all that a restarted cmappserver needs (the page cache survives the death
+ * of a process); it is synced to disk right after, off the caller's path
+ * ({@linkcode RunStore.synced} waits for that). Only a crash of the whole
+ * guest in between can lose it, and the runs of a previous boot are
+ * reported lost anyway.
  *
  * @module
  */
@@ -74,6 +79,8 @@ export class RunStore {
   readonly dir: string;
   /** Where run files live. */
   readonly runsDir: string;
+  /** Background syncs under way. */
+  readonly #syncing = new Set<Promise<void>>();
 
   private constructor(dir: string) {
     this.dir = dir;
@@ -99,14 +106,25 @@ export class RunStore {
     return `${this.runsDir}/${id}.exit`;
   }
 
-  /** Records a run (atomically). */
+  /** Records a run (atomically); resolves once it is in place, before it is synced. */
   async write(record: RunRecord): Promise<void> {
     await this.#atomicWrite(`${this.runsDir}/${record.id}.json`, JSON.stringify(record) + "\n");
   }
 
-  /** Records that a manager received the run's exit status. */
+  /**
+   * Records that a manager received the run's exit status; resolves once
+   * the marker exists, before it is synced. An empty file cannot be torn,
+   * so it is created in place.
+   */
   async markDelivered(id: string): Promise<void> {
-    await this.#atomicWrite(`${this.runsDir}/${id}.delivered`, "");
+    const path = `${this.runsDir}/${id}.delivered`;
+    await Deno.writeFile(path, new Uint8Array(0), { mode: 0o600 });
+    this.#syncLater(path);
+  }
+
+  /** Settles once every write so far has been synced to disk (or failed to). */
+  async synced(): Promise<void> {
+    while (this.#syncing.size > 0) await Promise.all([...this.#syncing]);
   }
 
   /** Records an exit status found by other means than the supervisor's file. */
@@ -170,14 +188,27 @@ export class RunStore {
 
   async #atomicWrite(path: string, text: string): Promise<void> {
     const tmp = `${path}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
-    const f = await Deno.open(tmp, { write: true, create: true, truncate: true, mode: 0o600 });
-    try {
-      await f.write(new TextEncoder().encode(text));
-      await f.sync();
-    } finally {
-      f.close();
-    }
+    await Deno.writeTextFile(tmp, text, { mode: 0o600 });
     await Deno.rename(tmp, path);
+    this.#syncLater(path);
+  }
+
+  /** Syncs a file to disk in the background (a file removed meanwhile is fine). */
+  #syncLater(path: string): void {
+    const work = (async () => {
+      try {
+        const f = await Deno.open(path, { read: true });
+        try {
+          await f.syncData();
+        } finally {
+          f.close();
+        }
+      } catch {
+        // removed (forgotten) meanwhile, or not syncable: nothing to keep
+      }
+    })();
+    this.#syncing.add(work);
+    work.finally(() => this.#syncing.delete(work));
   }
 }
 

@@ -22,9 +22,20 @@ export type SupervisorKind = "perl" | "sh";
 /**
  * The perl supervisor. argv: STATUSFILE IO PROGRAM [ARG…], where PROGRAM is
  * util-linux setsid (and the rest the application's command). Prints the
- * application's pid on stdout, then writes "code N" or "signal N" to
- * STATUSFILE (through a temporary file and a rename) when it ends. It loads
- * no module, to keep its private memory near 0.5 MB.
+ * application's pid and its start time (field 22 of /proc/PID/stat, read
+ * by the supervisor itself: the daemon would need a subprocess for it) on
+ * stdout as "PID START", then writes "code N" or "signal N" to STATUSFILE
+ * (through a temporary file and a rename) when it ends, and only then
+ * tells cmappserver: without streams, the same line on its stdout, then the
+ * end of that pipe; with streams, the end of its stdout, after which
+ * cmappserver reads the file. Either way the daemon learns of the exit
+ * without waiting for the supervisor's own exit, and never before the
+ * status is in the file. It makes its own process group and ignores
+ * SIGHUP, SIGINT, SIGQUIT, SIGTERM and SIGPIPE first thing (the application
+ * gets them back at their defaults). It loads no
+ * module at all (no `%!`, which loads Errno, no `no warnings`, which loads
+ * warnings.pm: errno values are Linux's, ENOENT 2 and EAGAIN 11), to start
+ * fast and keep its private memory near 0.5 MB.
  *
  * IO "null": the application's stdio is /dev/null. IO "pipes": the
  * supervisor relays the application's stdout and stderr to its own (which
@@ -34,28 +45,44 @@ export type SupervisorKind = "perl" | "sh";
  * closes one of the outputs on purpose (the manager's side was closed), the
  * application's end is closed too, so its next write fails as in a pipeline. After the
  * application has exited, output still coming from its children is relayed
- * for 2 s more (unless it is waiting for the reader), then cut.
+ * for 2 s more (unless it is waiting for the reader), then cut. When the
+ * application's outputs end before it has exited (it closed them), they are
+ * closed at once, and the status file comes after.
  */
 const _PERL = String.raw`
+setpgrp(0, 0);
+$SIG{$_} = 'IGNORE' for qw(HUP INT QUIT TERM PIPE);
 my $f = shift @ARGV; my $io = shift @ARGV;
 my ($ir, $iw, $or, $ow, $er, $ew);
 if ($io eq 'pipes') { pipe($ir, $iw) && pipe($or, $ow) && pipe($er, $ew) or die "pipe: $!"; }
 my $pid = fork();
 die "fork: $!" unless defined $pid;
 if ($pid == 0) {
+  $SIG{$_} = 'DEFAULT' for qw(HUP INT QUIT TERM PIPE);
   if ($io eq 'pipes') {
     open(STDIN, '<&', $ir); open(STDOUT, '>&', $ow); open(STDERR, '>&', $ew);
     close($_) for ($ir, $iw, $or, $ow, $er, $ew);
   } else {
     open(STDIN, '<', '/dev/null'); open(STDOUT, '>', '/dev/null'); open(STDERR, '>', '/dev/null');
   }
-  { no warnings; exec { $ARGV[0] } @ARGV; }
-  exit($!{ENOENT} ? 127 : 126);
+  exec { $ARGV[0] } @ARGV;
+  exit($! == 2 ? 127 : 126);
 }
-syswrite(STDOUT, "$pid\n");
+my $start = '';
+if (open(my $sf, '<', "/proc/$pid/stat")) {
+  my $l = <$sf>; close($sf);
+  my @x = split(/ /, substr($l, rindex($l, ') ') + 2)) if defined $l && rindex($l, ') ') > 0;
+  $start = " $x[19]" if @x > 19 && $x[19] =~ /^\d+$/;
+}
+syswrite(STDOUT, "$pid$start\n");
 my $pp = getppid();
-$SIG{$_} = 'IGNORE' for qw(HUP INT QUIT TERM PIPE);
 my ($st, $reaped) = (0, 0);
+sub done {
+  my $line = ($st & 127) ? 'signal ' . ($st & 127) : 'code ' . ($st >> 8);
+  open(my $h, '>', "$f.tmp") or return '';
+  (print $h "$line\n") && close($h) && rename("$f.tmp", $f) or return '';
+  return $line;
+}
 if ($io eq 'pipes') {
   close($ir); close($ow); close($ew);
   # [from, to, buffer, from at end, to gone]
@@ -79,12 +106,12 @@ if ($io eq 'pipes') {
     for my $x (@s) {
       if (!$x->[3] && vec($r, fileno($x->[0]), 1)) {
         my $n = sysread($x->[0], $x->[2], 65536, length($x->[2]));
-        $x->[3] = 1 if defined($n) ? $n == 0 : !$!{EAGAIN};
+        $x->[3] = 1 if defined($n) ? $n == 0 : $! != 11;
       }
       if (length($x->[2]) && !$x->[4] && vec($w, fileno($x->[1]), 1)) {
         my $n = syswrite($x->[1], $x->[2]);
         if (defined $n) { substr($x->[2], 0, $n) = ''; }
-        elsif (!$!{EAGAIN}) {
+        elsif ($! != 11) {
           $x->[4] = 1;
           # cmappserver still there: its reader closed on purpose (the manager's
           # output went away), so close the application's end too, as a pipe would.
@@ -96,17 +123,28 @@ if ($io eq 'pipes') {
     }
     if ($s[2][3] && $s[2][2] eq '' && defined $iw) { close($iw); undef $iw; $s[2][4] = 1; }
   }
+  # Its outputs end as it exits: give it a moment to become reapable, so that
+  # the status file is there when cmappserver sees the end of our stdout.
+  for (1 .. 20) {
+    if (waitpid($pid, 1) == $pid) { $st = $?; $reaped = 1; }
+    last if $reaped;
+    select(undef, undef, undef, 0.001);
+  }
+  close(STDERR); close(STDIN);
+  close(STDOUT) unless $reaped;
 }
-close(STDOUT); close(STDERR); close(STDIN);
 if (!$reaped) { while (waitpid($pid, 0) != $pid) {} $st = $?; }
-my $line = ($st & 127) ? 'signal ' . ($st & 127) : 'code ' . ($st >> 8);
-open(my $h, '>', "$f.tmp") or exit 1;
-print $h "$line\n"; close($h);
-rename("$f.tmp", $f);
+my $line = done();
+# Told only once it is in the file (a status the file lacks is never reported).
+syswrite(STDOUT, "$line\n") if $io ne 'pipes' && $line ne '';
+close(STDOUT);
 `;
 
 /**
- * The /bin/sh supervisor: argv STATUSFILE PROGRAM [ARG…]. A shell reports a death by signal N as 128+N, so it writes
+ * The /bin/sh supervisor: argv STATUSFILE MV IO PROGRAM [ARG…]. Prints
+ * "PID START" like the perl one (the start time read with the shell's own
+ * `read`, no subprocess), and keeps its stdout open until the status file
+ * is written. A shell reports a death by signal N as 128+N, so it writes
  * "status N" and N > 128 is read as a signal; and a shell starts background
  * commands with SIGINT and SIGQUIT ignored, which the application inherits.
  */
@@ -115,11 +153,18 @@ f=$1; mv=$2; io=$3; shift 3
 if [ "$io" = null ]; then "$@" </dev/null >/dev/null 2>&1 &
 else exec 3<&0; "$@" <&3 3<&- & fi
 pid=$!
-echo "$pid"
-exec >/dev/null 2>/dev/null </dev/null 3<&-
+start=
+if read -r st < /proc/$pid/stat; then
+  set -f; set -- ${"$"}{st##*) }
+  if [ $# -ge 20 ]; then shift 19; start=" $1"; fi
+fi
+echo "$pid$start"
+exec 2>/dev/null </dev/null 3<&-
+if [ "$io" != null ]; then exec >/dev/null; fi
 trap '' HUP INT QUIT TERM PIPE
 wait "$pid"; rc=$?
-echo "status $rc" > "$f.tmp" && "$mv" "$f.tmp" "$f"
+echo "status $rc" > "$f.tmp" && "$mv" "$f.tmp" "$f" && [ "$io" = null ] && echo "status $rc"
+exec >/dev/null
 `;
 
 /**
@@ -174,9 +219,18 @@ export async function findHelpers(): Promise<HelperPaths> {
 export interface SpawnedProcess {
   /** The application's pid, which is also its process group and session id. */
   pid: number;
+  /**
+   * The application's start time in clock ticks since boot, as its
+   * supervisor read it (null when it could not).
+   */
+  pidStart: number | null;
   /** The supervisor's pid. */
   supervisorPid: number;
-  /** Settles when the supervisor has ended (with the status, if it wrote one). */
+  /**
+   * Settles with the status once the supervisor has written it (seen at
+   * the end of its stdout, or at its exit), or with null when it ended
+   * without one.
+   */
   exited: Promise<ExitStatus | null>;
   /** The application's streams, when asked for. */
   io: {
@@ -334,7 +388,10 @@ export async function spawnProcess(req: SpawnRequest): Promise<SpawnedProcess | 
       clearEnv: true,
       env: { ...req.env, PATH: req.env.PATH ?? DEFAULT_PATH },
       cwd: req.cwd,
-      detached: true,
+      // A new session for the sh supervisor; the perl one makes its own
+      // process group (setpgrp) instead: a detached spawn cannot use
+      // posix_spawn and costs ~2 ms more of forking the daemon.
+      detached: req.supervisor === "sh",
       stdin: req.stdin ? "piped" : "null",
       stdout: "piped",
       stderr: io === "pipes" ? "piped" : "null",
@@ -345,8 +402,9 @@ export async function spawnProcess(req: SpawnRequest): Promise<SpawnedProcess | 
       message: `cannot start the ${req.supervisor} supervisor: ${(e as Error).message}`,
     };
   }
-  // The first line on its stdout is the application's pid; what follows is
-  // the application's own output.
+  // The first line on its stdout is the application's pid and start time;
+  // what follows is the application's own output (pipes), or nothing until
+  // the end of the pipe, which comes once the status file is written.
   const reader = child.stdout.getReader();
   let head = new Uint8Array(0);
   let nl = -1;
@@ -359,25 +417,46 @@ export async function spawnProcess(req: SpawnRequest): Promise<SpawnedProcess | 
     head = joined;
     nl = head.indexOf(10);
   }
-  const pid = nl > 0 ? Number(new TextDecoder().decode(head.subarray(0, nl))) : NaN;
+  const [pidText, startText] = nl > 0
+    ? new TextDecoder().decode(head.subarray(0, nl)).split(" ")
+    : ["", undefined];
+  const pid = Number(pidText);
+  const started = startText === undefined ? NaN : Number(startText);
+  const pidStart = Number.isSafeInteger(started) && started >= 0 ? started : null;
   const first = nl >= 0 ? head.subarray(nl + 1) : null;
-  const exited = child.status.then(
-    () => readStatusFile(req.statusFile),
-    () => readStatusFile(req.statusFile),
-  );
+  const fromFile = () => readStatusFile(req.statusFile);
+  const supervisorEnded = child.status.then(fromFile, fromFile);
   if (!Number.isInteger(pid) || pid <= 0) {
     reader.cancel().catch(() => {});
     child.stderr?.cancel().catch(() => {});
     child.stdin?.close().catch(() => {});
-    await exited;
+    await supervisorEnded;
     return { code: "spawn_failed", message: `the ${req.supervisor} supervisor failed to start` };
   }
+  let stdoutEnded: Promise<ExitStatus | null>;
   if (io === "null") {
-    reader.cancel().catch(() => {});
-    return { pid, supervisorPid: child.pid, exited, io: null };
+    // After the pid line: the status line, once the status file is written.
+    const rest = first ?? new Uint8Array(0);
+    stdoutEnded = _untilEnd(reader, child.stdout, rest).then((tail) =>
+      parseStatusLine(tail) ?? fromFile()
+    );
+  } else {
+    stdoutEnded = reader.closed.then(fromFile);
   }
+  const exited = new Promise<ExitStatus | null>((resolve) => {
+    // The status file is complete before the supervisor closes its stdout
+    // (and, without streams, tells it on that pipe): the end of the pipe is
+    // the earliest sign of the exit. When the file is not there yet (the
+    // application closed its outputs and ran on, the sh supervisor's
+    // relay-less pipes, a killed supervisor), the supervisor's own end
+    // decides.
+    stdoutEnded.then((st) => st && resolve(st as ExitStatus), () => {});
+    supervisorEnded.then(resolve);
+  });
+  if (io === "null") return { pid, pidStart, supervisorPid: child.pid, exited, io: null };
   return {
     pid,
+    pidStart,
     supervisorPid: child.pid,
     exited,
     io: {
@@ -386,6 +465,33 @@ export async function spawnProcess(req: SpawnRequest): Promise<SpawnedProcess | 
       stdin: req.stdin ? child.stdin : null,
     },
   };
+}
+
+/**
+ * Reads a control pipe to its end without keeping a large buffer pending
+ * (a default reader allocates 64 KiB per read): a few bytes at a time,
+ * through a BYOB reader when the stream offers one.
+ */
+async function _untilEnd(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+  stream: ReadableStream<Uint8Array>,
+  head: Uint8Array,
+): Promise<string> {
+  let text = new TextDecoder().decode(head);
+  try {
+    reader.releaseLock();
+    const byob = stream.getReader({ mode: "byob" });
+    let buf = new Uint8Array(32);
+    for (;;) {
+      const { value, done } = await byob.read(buf);
+      if (done || !value) break;
+      if (text.length < 64) text += new TextDecoder().decode(value);
+      buf = new Uint8Array(value.buffer);
+    }
+  } catch {
+    // not a byte stream, or the pipe broke: treat as its end
+  }
+  return text;
 }
 
 /**
