@@ -136,6 +136,11 @@ export class Client {
     (stream: "stdout" | "stderr", bytes: Uint8Array) => void | Promise<void>
   >();
   #outputChain: Promise<void> = Promise.resolve();
+  /**
+   * Output credit per run and stream: what was granted in all, and what was
+   * handled but not yet given back (returned in batches, see #handled).
+   */
+  readonly #outCredit = new Map<string, { granted: number; unreturned: number }>();
   readonly #stdinCredit = new Map<string, number>();
   readonly #stdinWaiters = new Map<string, () => void>();
   readonly #closed: Promise<Error | null>;
@@ -282,8 +287,9 @@ export class Client {
   /**
    * Receives the run's stdout and stderr (protocol 1.2, launched or
    * re-attached with `streams`). `handler` is called in order, one call at
-   * a time; each chunk's credit goes back to the server once its call has
-   * settled, so a slow handler slows the application down. Empty bytes mark
+   * a time; a chunk's credit goes back to the server once its call has
+   * settled (in batches, see {@linkcode Client.grant}), so a slow handler
+   * slows the application down. Empty bytes mark
    * the end of a stream. The run's exit is reported only after every chunk
    * before it was handled.
    */
@@ -294,9 +300,36 @@ export class Client {
     this.#outputs.set(run, handler);
   }
 
-  /** Allows the server `bytes` more of a run's output stream. */
+  /**
+   * Allows the server `bytes` more of a run's output stream. The sum of
+   * the grants is the stream's window: handled chunks give their credit
+   * back in batches of at least a quarter of it.
+   */
   grant(run: string, stream: "stdout" | "stderr", bytes: number): void {
+    const key = `${run}\0${stream}`;
+    const c = this.#outCredit.get(key);
+    if (c) c.granted += bytes;
+    else this.#outCredit.set(key, { granted: bytes, unreturned: 0 });
     this.#channel.send({ type: "window", run, stream, bytes });
+  }
+
+  /**
+   * A chunk of output was handled: its credit goes back once a quarter of
+   * the window waits to be returned (one `window` per quarter window, not
+   * one per chunk). The server may hold at most the window in flight, so
+   * it is never left without credit while handled bytes wait here.
+   */
+  #handled(run: string, stream: "stdout" | "stderr", bytes: number): void {
+    const c = this.#outCredit.get(`${run}\0${stream}`);
+    if (!c) {
+      this.#channel.send({ type: "window", run, stream, bytes });
+      return;
+    }
+    c.unreturned += bytes;
+    if (c.unreturned * 4 < c.granted) return;
+    const n = Math.min(c.unreturned, 0x7fffffff);
+    c.unreturned -= n;
+    this.#channel.send({ type: "window", run, stream, bytes: n });
   }
 
   /** Tells the server we will not read this stream any more (a closed pipe on our side). */
@@ -403,12 +436,14 @@ export class Client {
       const handler = this.#outputs.get(m.run);
       if (!handler || m.stream === "stdin") return;
       const { run, stream, data } = m;
-      this.#outputChain = this.#outputChain
-        .then(() => handler(stream, data))
-        .catch(() => {})
-        .then(() => {
-          if (data.length > 0 && !this.isClosed) this.grant(run, stream, data.length);
-        });
+      this.#outputChain = this.#outputChain.then(async () => {
+        try {
+          await handler(stream, data);
+        } catch {
+          // the handler's failure is its own business; the credit still goes back
+        }
+        if (data.length > 0 && !this.isClosed) this.#handled(run, stream, data.length);
+      });
       return;
     }
     if (m.type === "window") {
@@ -446,6 +481,8 @@ export class Client {
   #exitedNow(run: string, exit: ExitStatus): void {
     // Kept for a wait() that comes after the notification (bounded).
     this.#exits.set(run, exit);
+    this.#outCredit.delete(`${run}\0stdout`);
+    this.#outCredit.delete(`${run}\0stderr`);
     if (this.#exits.size > 1000) this.#exits.delete(this.#exits.keys().next().value!);
     const set = this.#exitWaiters.get(run);
     this.#exitWaiters.delete(run);

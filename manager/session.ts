@@ -397,9 +397,10 @@ async function _forwardStdin(
   logger: Logger,
 ): Promise<void> {
   const reader = input.getReader();
+  const gather = new _Gatherer(reader);
   try {
     for (;;) {
-      const { value, done } = await reader.read();
+      const { value, done } = await gather.next();
       const chunk = done ? new Uint8Array(0) : value;
       for (;;) {
         const c = client();
@@ -423,5 +424,63 @@ async function _forwardStdin(
     logger.warn(`stdin: ${(e as Error).message}`);
   } finally {
     reader.releaseLock();
+  }
+}
+
+/** Input is forwarded in chunks of up to this many bytes (one data frame). */
+const _GATHER_BYTES = 64 * 1024;
+
+/**
+ * Reads a stream in chunks of up to {@linkcode _GATHER_BYTES}: to one read
+ * it adds what the stream already holds (the reads that complete within
+ * the same turn of the event loop), so that many small pipe reads go out as
+ * a few large data frames; it never waits for bytes that are not there yet.
+ */
+class _Gatherer {
+  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  #ahead: Promise<ReadableStreamReadResult<Uint8Array>> | null = null;
+  #eof = false;
+
+  constructor(reader: ReadableStreamDefaultReader<Uint8Array>) {
+    this.#reader = reader;
+  }
+
+  async next(): Promise<ReadableStreamReadResult<Uint8Array>> {
+    if (this.#eof) return { done: true, value: undefined };
+    const read = this.#ahead ?? this.#reader.read();
+    this.#ahead = null;
+    const first = await read;
+    if (first.done) return first;
+    const parts = [first.value];
+    let total = first.value.length;
+    while (total < _GATHER_BYTES) {
+      const r = await this.#soon();
+      if (!r) break;
+      if (r.done) {
+        this.#eof = true;
+        break;
+      }
+      parts.push(r.value);
+      total += r.value.length;
+    }
+    if (parts.length === 1) return first;
+    const merged = new Uint8Array(total);
+    let off = 0;
+    for (const p of parts) {
+      merged.set(p, off);
+      off += p.length;
+    }
+    return { done: false, value: merged };
+  }
+
+  /** The next read, or null when it does not complete within this turn of the event loop. */
+  async #soon(): Promise<ReadableStreamReadResult<Uint8Array> | null> {
+    const read = this.#ahead ??= this.#reader.read();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const tick = new Promise<null>((r) => timer = setTimeout(() => r(null), 0));
+    const r = await Promise.race([read, tick]);
+    clearTimeout(timer);
+    if (r !== null) this.#ahead = null;
+    return r;
   }
 }

@@ -6,8 +6,15 @@
  * @module
  */
 
-import { DEFAULT_MAX_FRAME_SIZE, encodeFrame, FrameDecoder, FrameError } from "./framing.ts";
-import { encodeMessage, type Message, ProtocolError } from "./messages.ts";
+import {
+  DEFAULT_MAX_FRAME_SIZE,
+  encodeFrame,
+  FRAME_HEADER_SIZE,
+  FrameDecoder,
+  FrameError,
+  frameInPlace,
+} from "./framing.ts";
+import { encodeDataPayload, encodeMessage, type Message, ProtocolError } from "./messages.ts";
 
 /** The part of a Node.js-style duplex socket a channel uses. */
 export interface ByteStream {
@@ -120,7 +127,12 @@ export class MessageChannel<In extends Message, Out extends Message> {
    */
   send(message: Out): void {
     if (this.#closing || this.#closed) return;
-    this.#stream.write(encodeFrame(encodeMessage(message), this.#maxFrameSize));
+    // Data frames are built in one allocation, header and payload together.
+    this.#stream.write(
+      message.type === "data"
+        ? frameInPlace(encodeDataPayload(message, FRAME_HEADER_SIZE), this.#maxFrameSize)
+        : encodeFrame(encodeMessage(message), this.#maxFrameSize),
+    );
   }
 
   /** Sends a last message, then closes once it is written. */

@@ -71,6 +71,31 @@ export function encodeFrame(
 }
 
 /**
+ * Turns a buffer whose payload starts at {@linkcode FRAME_HEADER_SIZE} into a
+ * frame by writing the length prefix into its first 4 bytes, so that a
+ * payload encoded with room for the header needs no second copy.
+ *
+ * @param buffer the header room followed by the payload
+ * @param maxFrameSize largest payload allowed
+ * @returns `buffer`, now a whole frame
+ * @throws {FrameError} on an empty or oversize payload
+ * @example
+ * ```ts
+ * import { frameInPlace } from "./framing.ts";
+ * frameInPlace(new Uint8Array([0, 0, 0, 0, 104, 105])); // Uint8Array [0, 0, 0, 2, 104, 105]
+ * ```
+ */
+export function frameInPlace(
+  buffer: Uint8Array,
+  maxFrameSize: number = DEFAULT_MAX_FRAME_SIZE,
+): Uint8Array {
+  const length = buffer.length - FRAME_HEADER_SIZE;
+  _checkLength(Math.max(length, 0), maxFrameSize);
+  new DataView(buffer.buffer, buffer.byteOffset, FRAME_HEADER_SIZE).setUint32(0, length, false);
+  return buffer;
+}
+
+/**
  * Incremental frame decoder: feed it chunks as they arrive, get whole
  * payloads back. A bad length is refused as soon as its 4 bytes are in,
  * before any buffer for the payload is allocated; after an error the
@@ -124,7 +149,7 @@ export class FrameDecoder {
     const out: Uint8Array[] = [];
     while (this.#buffered >= FRAME_HEADER_SIZE) {
       const header = this.#peek(FRAME_HEADER_SIZE);
-      const length = new DataView(header.buffer, header.byteOffset, 4).getUint32(0, false);
+      const length = ((header[0] << 24) | (header[1] << 16) | (header[2] << 8) | header[3]) >>> 0;
       try {
         _checkLength(length, this.#maxFrameSize);
       } catch (e) {
@@ -181,10 +206,9 @@ export class FrameDecoder {
       const out = first.subarray(0, n);
       if (first.length === n) this.#chunks.shift();
       else this.#chunks[0] = first.subarray(n);
-      // Copy so that a small payload does not pin a large receive buffer.
-      return first.length === n && first.byteOffset === 0 && first.buffer.byteLength === n
-        ? out
-        : out.slice();
+      // A view, no copy, unless a small payload would pin a much larger
+      // receive buffer (a queued message must not hold on to 4 times its size).
+      return n * 4 >= first.buffer.byteLength ? out : out.slice();
     }
     const out = new Uint8Array(n);
     let off = 0;

@@ -461,25 +461,64 @@ function _window(o: Obj): WindowMessage {
 /** First byte of a binary data frame's payload (JSON payloads start with "{"). */
 export const DATA_FRAME_TAG = 0x01;
 
+/** The last run id read from a data frame, and its bytes (a stream repeats it). */
+let _lastRunId = "";
+let _lastRunIdBytes = new Uint8Array(0);
+
+function _dataRunId(payload: Uint8Array, n: number): string {
+  if (n === _lastRunIdBytes.length) {
+    let same = true;
+    for (let i = 0; i < n; i++) {
+      if (payload[3 + i] !== _lastRunIdBytes[i]) {
+        same = false;
+        break;
+      }
+    }
+    if (same) return _lastRunId;
+  }
+  const bytes = payload.slice(3, 3 + n);
+  const run = String.fromCharCode(...bytes);
+  if (!/^[A-Za-z0-9._-]+$/.test(run)) _fail("data frame with an invalid run id");
+  _lastRunId = run;
+  _lastRunIdBytes = bytes;
+  return run;
+}
+
 function _decodeData(payload: Uint8Array): DataMessage {
   if (payload.length < 4) _fail("data frame too short");
   const stream = _STREAMS[payload[1]];
   if (!stream) _fail(`data frame for unknown stream ${payload[1]}`);
   const n = payload[2];
   if (n === 0 || payload.length < 3 + n) _fail("data frame with a bad run id length");
-  const run = String.fromCharCode(...payload.subarray(3, 3 + n));
-  if (!/^[A-Za-z0-9._-]+$/.test(run)) _fail("data frame with an invalid run id");
+  const run = _dataRunId(payload, n);
   return { type: "data", run, stream, data: payload.subarray(3 + n) };
 }
 
-function _encodeData(m: DataMessage): Uint8Array {
-  const out = new Uint8Array(3 + m.run.length + m.data.length);
-  out[0] = DATA_FRAME_TAG;
-  out[1] = _STREAMS.indexOf(m.stream);
-  out[2] = m.run.length;
-  for (let i = 0; i < m.run.length; i++) out[3 + i] = m.run.charCodeAt(i);
-  out.set(m.data, 3 + m.run.length);
+function _encodeData(m: DataMessage, headroom: number): Uint8Array {
+  const out = new Uint8Array(headroom + 3 + m.run.length + m.data.length);
+  out[headroom] = DATA_FRAME_TAG;
+  out[headroom + 1] = _STREAMS.indexOf(m.stream);
+  out[headroom + 2] = m.run.length;
+  for (let i = 0; i < m.run.length; i++) out[headroom + 3 + i] = m.run.charCodeAt(i);
+  out.set(m.data, headroom + 3 + m.run.length);
   return out;
+}
+
+/**
+ * Encodes a data message's payload after `headroom` bytes left zero (room
+ * for a frame header, see `frameInPlace`), in one allocation and one copy
+ * of its bytes.
+ *
+ * @example
+ * ```ts
+ * import { encodeDataPayload } from "./messages.ts";
+ * const data = new Uint8Array([104, 105]);
+ * encodeDataPayload({ type: "data", run: "r1", stream: "stdout", data }, 4);
+ * // Uint8Array [0, 0, 0, 0, 1, 1, 2, 114, 49, 104, 105]
+ * ```
+ */
+export function encodeDataPayload(message: DataMessage, headroom: number = 0): Uint8Array {
+  return _encodeData(message, headroom);
 }
 
 function _launch(o: Obj): LaunchMessage {
@@ -700,6 +739,6 @@ export function decodeServerMessage(payload: Uint8Array): ServerMessage {
  * ```
  */
 export function encodeMessage(message: Message): Uint8Array {
-  if (message.type === "data") return _encodeData(message);
+  if (message.type === "data") return _encodeData(message, 0);
   return new TextEncoder().encode(JSON.stringify(message));
 }

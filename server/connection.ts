@@ -100,6 +100,8 @@ export function serveConnection(
   const dataChunk = Math.min(_DATA_CHUNK, ctx.maxFrameSize - 128);
   /** The runs whose streams this connection receives, with the sink it gave them. */
   const sinks = new Map<string, { run: Run; sink: StreamSink }>();
+  /** Stdin bytes written into each run's pipe whose credit is not yet given back. */
+  const stdinUnreturned = new Map<string, number>();
   let minor = -1; // negotiated minor version; -1 until hello
   let queue = Promise.resolve();
   let stdinQueue = Promise.resolve();
@@ -159,6 +161,7 @@ export function serveConnection(
     run.io.attach(sink);
     sinks.set(run.id, { run, sink });
     if (run.io.hasStdin) {
+      stdinUnreturned.set(run.id, 0);
       channel.send({ type: "window", run: run.id, stream: "stdin", bytes: _STDIN_WINDOW });
     }
   };
@@ -276,7 +279,15 @@ export function serveConnection(
         if (!mine?.run.io) return;
         const n = m.data.length;
         if (await mine.run.io.writeStdin(m.data) && n > 0) {
-          channel.send({ type: "window", run: m.run, stream: "stdin", bytes: n });
+          // Credit goes back in batches of half the window (the manager
+          // never has more than the window in flight, so it is never stuck).
+          const owed = (stdinUnreturned.get(m.run) ?? 0) + n;
+          if (owed * 2 < _STDIN_WINDOW) {
+            stdinUnreturned.set(m.run, owed);
+          } else {
+            stdinUnreturned.set(m.run, 0);
+            channel.send({ type: "window", run: m.run, stream: "stdin", bytes: owed });
+          }
         }
         return;
       }
@@ -361,6 +372,7 @@ export function serveConnection(
       unsubscribe.clear();
       for (const { run, sink } of sinks.values()) run.io?.detach(sink);
       sinks.clear();
+      stdinUnreturned.clear();
       logger.info(`${who}: disconnected${err ? ` (${err.message})` : ""}`);
       queue.then(() => done());
     },

@@ -15,10 +15,17 @@ export interface StreamSink {
   data(stream: "stdout" | "stderr", bytes: Uint8Array): void;
 }
 
+/** Output reads are gathered into chunks of up to this many bytes (one data frame). */
+const _GATHER_BYTES = 64 * 1024;
+
 class _Pump {
   readonly name: "stdout" | "stderr";
   readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
   #pending: Uint8Array | null;
+  /** A read started while gathering that did not complete at once. */
+  #ahead: Promise<ReadableStreamReadResult<Uint8Array>> | null = null;
+  /** The pipe has reached its end (seen while gathering). */
+  #eof = false;
   #credit = 0;
   #sink: StreamSink | null = null;
   #wake: (() => void) | null = null;
@@ -71,12 +78,55 @@ class _Pump {
     w?.();
   }
 
+  /** The next read, or null when it does not complete within this turn of the event loop. */
+  async #readSoon(): Promise<ReadableStreamReadResult<Uint8Array> | null> {
+    const read = this.#ahead ??= this.#reader.read();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const tick = new Promise<null>((r) => timer = setTimeout(() => r(null), 0));
+    const r = await Promise.race([read, tick]);
+    clearTimeout(timer);
+    if (r !== null) this.#ahead = null;
+    return r;
+  }
+
+  /**
+   * Adds to the pending bytes what the pipe already holds, up to `limit`,
+   * so that a fast writer's many small reads go out as a few large data
+   * frames; never waits for bytes that are not there yet.
+   */
+  async #gather(limit: number): Promise<void> {
+    const first = this.#pending!;
+    const parts = [first];
+    let total = first.length;
+    while (total < limit && !this.#eof && !this.#closed) {
+      const r = await this.#readSoon();
+      if (!r) break;
+      if (r.done) this.#eof = true;
+      else {
+        parts.push(r.value);
+        total += r.value.length;
+      }
+    }
+    if (parts.length === 1) return;
+    const merged = new Uint8Array(total);
+    let off = 0;
+    for (const p of parts) {
+      merged.set(p, off);
+      off += p.length;
+    }
+    this.#pending = merged;
+    this.lastActivity = Date.now();
+  }
+
   async #run(): Promise<void> {
     try {
       for (;;) {
         if (this.#closed) return;
         if (!this.#pending) {
-          const { value, done } = await this.#reader.read();
+          if (this.#eof) break;
+          const read = this.#ahead ?? this.#reader.read();
+          this.#ahead = null;
+          const { value, done } = await read;
           if (done) break;
           this.#pending = value;
           this.lastActivity = Date.now();
@@ -96,6 +146,12 @@ class _Pump {
           this.waitingForCredit = false;
           this.lastActivity = Date.now();
           continue;
+        }
+        const limit = Math.min(this.#credit, _GATHER_BYTES);
+        if (this.#pending.length < limit && !this.#eof) {
+          await this.#gather(limit);
+          // The receiver may have changed meanwhile: look again.
+          if (this.#closed || this.#sink !== sink || this.#credit <= 0) continue;
         }
         const n = Math.min(this.#credit, this.#pending.length);
         sink.data(this.name, this.#pending.subarray(0, n));

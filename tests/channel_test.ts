@@ -111,12 +111,14 @@ Deno.test("channel: send() makes exactly one write per message, header and paylo
     PONG,
     { type: "launched", id: 2, run: "abc", pid: 42 },
     { type: "error", code: "limit", message: "x".repeat(1000) },
+    // A data frame too: built in one allocation, header and payload together.
+    { type: "data", run: "abc", stream: "stdout", data: new Uint8Array([0, 1, 255, 4]) },
   ];
   for (const [i, m] of sent.entries()) {
     channel.send(m);
     assert.equal(stream.count("write"), i + 1);
   }
-  assert.deepEqual(stream.calls, ["write", "write", "write"]);
+  assert.deepEqual(stream.calls, ["write", "write", "write", "write"]);
   for (const [i, w] of stream.writes.entries()) {
     const payload = encodeMessage(sent[i]);
     assert.equal(w.length, FRAME_HEADER_SIZE + payload.length);

@@ -11,6 +11,7 @@ import {
   FrameDecoder,
   FrameError,
   type FrameErrorCode,
+  frameInPlace,
 } from "../protocol/mod.ts";
 import { bytewise, concat, cutAt, frames, fuzzParams, pattern } from "./_fuzz.ts";
 
@@ -465,4 +466,29 @@ Deno.test("property: garbage decodes the same way whatever the chunking", () => 
     ),
     fuzzParams(),
   );
+});
+
+Deno.test("framing: frameInPlace writes the header into the room left for it", () => {
+  const buf = new Uint8Array([9, 9, 9, 9, 104, 105, 0]);
+  const f = frameInPlace(buf);
+  assert.equal(f, buf);
+  assert.deepEqual(f, encodeFrame(new Uint8Array([104, 105, 0])));
+  assert.deepEqual(new FrameDecoder().push(f), [new Uint8Array([104, 105, 0])]);
+  throwsFrame(() => frameInPlace(new Uint8Array(FRAME_HEADER_SIZE)), "empty");
+  throwsFrame(() => frameInPlace(new Uint8Array(FRAME_HEADER_SIZE + 11), 10), "oversize");
+});
+
+Deno.test("framing: a large payload is returned without a copy, a small one does not pin its chunk", () => {
+  const big = new Uint8Array(60_000).map((_, i) => i % 253);
+  const small = new Uint8Array([1, 2, 3]);
+  // Both frames in one received chunk, the small one last.
+  const chunk = concat([encodeFrame(big), encodeFrame(small)]);
+  const [a, b] = new FrameDecoder().push(chunk);
+  assert.deepEqual(a, big);
+  assert.deepEqual(b, small);
+  assert.equal(a.buffer, chunk.buffer, "the large payload is a view of the received chunk");
+  assert.equal(b.buffer.byteLength, small.length, "the small payload is a copy of its own");
+  // Later writes into the received buffer do not reach a copied payload.
+  chunk.fill(0);
+  assert.deepEqual(b, small);
 });

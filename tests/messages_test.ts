@@ -11,6 +11,7 @@ import {
   decodeClientMessage,
   decodeServerMessage,
   describeExit,
+  encodeDataPayload,
   encodeMessage,
   formatVersion,
   MAX_ARGV_ENTRIES,
@@ -703,4 +704,33 @@ Deno.test({
     assert.equal(signalNumber("SIGRTMIN+31"), null);
     assert.equal(signalNumber("SIGRTMIN+100"), null);
   },
+});
+
+Deno.test("messages: encodeDataPayload leaves the header room and encodes as encodeMessage does", () => {
+  const m = {
+    type: "data" as const,
+    run: "mwu9r2k1-3c5e7a9b1d2f",
+    stream: "stdout" as const,
+    data: new Uint8Array([0, 1, 2, 255]),
+  };
+  const plain = encodeMessage(m);
+  assert.deepEqual(encodeDataPayload(m), plain);
+  const roomy = encodeDataPayload(m, 4);
+  assert.deepEqual(roomy.subarray(0, 4), new Uint8Array(4));
+  assert.deepEqual(roomy.subarray(4), plain);
+  assert.deepEqual(decodeServerMessage(roomy.subarray(4)), m);
+});
+
+Deno.test("messages: data frames of several runs decode each to its own run id", () => {
+  const frame = (run: string, data: number[]) =>
+    encodeMessage({ type: "data", run, stream: "stdout", data: new Uint8Array(data) });
+  // The same id length, different ids: a cache of the last id must not mix them up.
+  const a = decodeServerMessage(frame("run-a", [1]));
+  const b = decodeServerMessage(frame("run-b", [2]));
+  const a2 = decodeServerMessage(frame("run-a", [3]));
+  assert.deepEqual([a, b, a2].map((m) => m.type === "data" && m.run), ["run-a", "run-b", "run-a"]);
+  // An invalid id is refused even right after a valid one of the same length.
+  const bad = frame("run-a", [1]);
+  bad[3 + 3] = 0x20; // "run a"
+  assert.throws(() => decodeServerMessage(bad), ProtocolError);
 });

@@ -2,9 +2,24 @@
 // real processes: stdout and stderr kept apart and byte exact, large
 // transfers with bounded memory, credit-based flow control end to end,
 // -stdin forwarding with its end of file, a closed host stdout (SIGPIPE),
-// and all output before the exit status.
+// and all output before the exit status; and the client's credit batching
+// (over an in-memory socket) and output that trickles arriving at once.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { EventEmitter } from "node:events";
+import { Client } from "../manager/client.ts";
+import {
+  type ByteStream,
+  type ClientMessage,
+  decodeClientMessage,
+  decodeServerMessage,
+  encodeFrame,
+  encodeMessage,
+  FrameDecoder,
+  MessageChannel,
+  type ServerMessage,
+} from "../protocol/mod.ts";
+import type { CertificateInfo } from "../tls/mod.ts";
 import {
   eventually,
   type KeyPair,
@@ -420,6 +435,122 @@ Deno.test("all output arrives before cmappmgr exits with the application's statu
     assert.equal(out.length, 2_000_000);
     assert.ok(out.every((b) => b === 0));
     assert.equal(status.code, 5);
+  } finally {
+    await f.cleanup();
+  }
+});
+
+/** An in-memory byte stream that records what the client writes; the test emits what it receives. */
+class _FakeSocket extends EventEmitter implements ByteStream {
+  readonly sent: ClientMessage[] = [];
+  readonly #decoder = new FrameDecoder();
+  write(data: Uint8Array): boolean {
+    for (const p of this.#decoder.push(data)) this.sent.push(decodeClientMessage(p));
+    return true;
+  }
+  end(): void {
+    queueMicrotask(() => this.emit("close"));
+  }
+  destroy(): void {
+    this.end();
+  }
+}
+
+/** A real Client over a fake socket, as if the hello exchange had taken place. */
+function _fakeClient(): { client: Client; socket: _FakeSocket; receive(m: ServerMessage): void } {
+  const socket = new _FakeSocket();
+  let handler: { message(m: ServerMessage): void; closed(e: Error | null): void } | null = null;
+  const channel = new MessageChannel<ServerMessage, ClientMessage>(socket, decodeServerMessage, {
+    onMessage: (m) => handler!.message(m),
+    onInvalid: (e) => {
+      throw e;
+    },
+    onClose: (e) => handler?.closed(e),
+  });
+  const client = new Client(channel, {
+    agent: "fake cmappserver",
+    version: { major: 1, minor: 2 },
+    certificate: null as unknown as CertificateInfo,
+  }, { setHandler: (h) => handler = h });
+  return {
+    client,
+    socket,
+    receive: (m) => socket.emit("data", encodeFrame(encodeMessage(m))),
+  };
+}
+
+Deno.test("output credit goes back in batches, all of it, and never leaves the sender without", async () => {
+  const { client, socket, receive } = _fakeClient();
+  const run = "r1";
+  const granted = 1 << 20;
+  const handled: number[] = [];
+  client.onOutput(run, (_stream, bytes) => {
+    handled.push(bytes.length);
+  });
+  client.grant(run, "stdout", granted);
+  const returned = () =>
+    socket.sent.filter((m) => m.type === "window" && m.stream === "stdout")
+      .reduce((n, m) => n + (m.type === "window" ? m.bytes : 0), 0) - granted;
+  // The server spends its whole window in 16 KiB frames, as fast as it may.
+  let credit = granted;
+  let frames = 0;
+  let sentBytes = 0;
+  for (let round = 0; round < 4; round++) {
+    while (credit > 0) {
+      const n = Math.min(credit, 16384);
+      receive({ type: "data", run, stream: "stdout", data: new Uint8Array(n).fill(round) });
+      credit -= n;
+      sentBytes += n;
+      frames++;
+    }
+    receive({ type: "exited", run: `probe-${round}`, exit: { code: 0 } });
+    await client.wait(`probe-${round}`); // every chunk so far has been handled
+    // What came back is spendable again; what is held back is under a quarter of the window.
+    credit = granted - (sentBytes - returned());
+    assert.ok(sentBytes - returned() < granted / 4, `held back ${sentBytes - returned()}`);
+  }
+  const windows = socket.sent.filter((m) => m.type === "window").length - 1;
+  assert.ok(windows > 0 && windows * 8 <= frames, `${windows} windows for ${frames} frames`);
+  assert.equal(handled.reduce((a, b) => a + b, 0), sentBytes);
+  client.close();
+  await client.closed;
+});
+
+Deno.test("a small window is given back in small batches: the sender is never stuck", async () => {
+  const { client, socket, receive } = _fakeClient();
+  const run = "r1";
+  client.onOutput(run, () => {});
+  client.grant(run, "stdout", 3);
+  let returned = 0;
+  for (let i = 0; i < 10; i++) {
+    receive({ type: "data", run, stream: "stdout", data: new Uint8Array([i]) });
+    receive({ type: "exited", run: `probe-${i}`, exit: { code: 0 } });
+    await client.wait(`probe-${i}`);
+    returned = socket.sent.filter((m) => m.type === "window").reduce(
+      (n, m) => n + (m.type === "window" ? m.bytes : 0),
+      -3,
+    );
+    assert.equal(returned, i + 1, "a window of 3 bytes gets each byte back");
+  }
+  client.close();
+  await client.closed;
+});
+
+Deno.test("output trickling out of a running application arrives while it runs", async () => {
+  const f = await Fixture.create();
+  try {
+    // Reads are gathered into larger frames only from what the pipe already holds.
+    const m = f.mgr(["sh", "-c", "printf first; sleep 600"]);
+    const reader = m.child.stdout.getReader();
+    let got = "";
+    while (got.length < 5) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      got += new TextDecoder().decode(value);
+    }
+    assert.equal(got, "first");
+    assert.equal(m.exited(), false);
+    reader.releaseLock();
   } finally {
     await f.cleanup();
   }
