@@ -12,7 +12,7 @@ import type { Logger } from "../log/logger.ts";
 import { type LaunchPolicy, type LaunchRequest, prepareLaunch } from "./policy.ts";
 import type { RunRecord, RunStore } from "./store.ts";
 import { RunStreams } from "./streams.ts";
-import { bootId, isLive, processStartTime, procStats } from "./procfs.ts";
+import { bootId, isLive, processStartTime, type ProcStat, procStats } from "./procfs.ts";
 import {
   readStatusFile,
   signalSession,
@@ -127,7 +127,7 @@ export class RunTable {
   /** Every finished run, in the order they ended (for the age limit). */
   readonly #byEnd = new Set<Run>();
   /** Runs watched by polling, with their supervisor's pid. */
-  readonly #watched = new Map<Run, number>();
+  readonly #watched = new Map<Run, RunRecord>();
   #running = 0;
   #boot = "unknown";
   #poller: ReturnType<typeof setInterval> | null = null;
@@ -247,6 +247,7 @@ export class RunTable {
       // (or an older one) leaves it to /proc, through a subprocess.
       pidStart: p.pidStart ?? await processStartTime(p.pid),
       supervisorPid: p.supervisorPid,
+      supervisorStart: p.supervisorStart,
       bootId: this.#boot,
       startedAt: run.startedAt.toISOString(),
       launchedBy,
@@ -436,6 +437,10 @@ export class RunTable {
       const st = procs.get(pid);
       return isLive(st) ? st.startTime : null;
     };
+    // A pid alone could be a later, unrelated process: compare start times
+    // where the record has one.
+    const supervisorAlive = (r: RunRecord) =>
+      _isSupervisor(procs.get(r.supervisorPid), r.supervisorStart);
     for (const { record, exit, delivered } of runs) {
       const lostLine = await Deno.readTextFile(this.#o.store.statusFile(record.id)).catch(() => "");
       const run: Run = {
@@ -465,7 +470,7 @@ export class RunTable {
         continue;
       }
       const alive = record.pidStart !== null && startOf(record.pid) === record.pidStart;
-      if (alive || startOf(record.supervisorPid) !== null) {
+      if (alive || supervisorAlive(record)) {
         this.#o.logger.info(
           `state: re-adopted run ${run.id} (${run.name}) pid ${run.pid}, started ${record.startedAt}`,
         );
@@ -493,7 +498,7 @@ export class RunTable {
 
   /** Watches a run this daemon is not the parent of (re-adopted ones). */
   #watch(run: Run, record: RunRecord): void {
-    this.#watched.set(run, record.supervisorPid);
+    this.#watched.set(run, record);
     if (this.#poller !== null || this.#closed) return;
     let busy = false;
     this.#poller = setInterval(async () => {
@@ -502,15 +507,15 @@ export class RunTable {
       try {
         const watched = [...this.#watched];
         // One read of /proc per tick for all of them, not two per run.
-        const procs = await procStats(watched.flatMap(([r, sup]) => [r.pid, sup]));
-        for (const [r, supervisorPid] of watched) {
+        const procs = await procStats(watched.flatMap(([r, rec]) => [r.pid, rec.supervisorPid]));
+        for (const [r, record] of watched) {
           const exit = await readStatusFile(this.#o.store.statusFile(r.id));
           if (exit) {
             this.#finish(r, exit, null);
             continue;
           }
           const appAlive = isLive(procs.get(r.pid));
-          const supAlive = isLive(procs.get(supervisorPid));
+          const supAlive = _isSupervisor(procs.get(record.supervisorPid), record.supervisorStart);
           if (!appAlive && !supAlive) {
             const late = await readStatusFile(this.#o.store.statusFile(r.id));
             this.#finish(
@@ -574,4 +579,9 @@ export function describeRunEnd(run: Run): string {
     ? `ended, but its exit status is unknown: ${run.lost}`
     : "still running";
   return `run ${run.id} (${run.name}) pid ${run.pid} ${how}`;
+}
+
+/** Whether a process is a run's supervisor still alive: live and, when known, the same start time. */
+function _isSupervisor(st: ProcStat | undefined, start: number | null | undefined): boolean {
+  return isLive(st) && (start === null || start === undefined || st.startTime === start);
 }

@@ -38,6 +38,12 @@ export interface RunRecord {
   pidStart: number | null;
   /** The supervisor's pid. */
   supervisorPid: number;
+  /**
+   * The supervisor's start time in clock ticks since boot (tells a live
+   * supervisor from a process that reused its pid); null or absent when
+   * unknown (records of cmapp before 0.1.1).
+   */
+  supervisorStart?: number | null;
   /** The boot it started in. */
   bootId: string;
   /** Start time, ISO 8601. */
@@ -227,6 +233,10 @@ function _validate(v: unknown, id: string): RunRecord {
     if (typeof o[f] !== "number" || !Number.isInteger(o[f]) || (o[f] as number) < 0) bad(f);
   }
   if (o.pidStart !== null && typeof o.pidStart !== "number") bad("pidStart");
+  if (
+    o.supervisorStart !== undefined && o.supervisorStart !== null &&
+    typeof o.supervisorStart !== "number"
+  ) bad("supervisorStart");
   for (const f of ["bootId", "startedAt", "launchedBy"]) if (typeof o[f] !== "string") bad(f);
   if (o.endedAt !== undefined && typeof o.endedAt !== "string") bad("endedAt");
   if (o.lost !== undefined && typeof o.lost !== "string") bad("lost");

@@ -24,7 +24,9 @@ export type SupervisorKind = "perl" | "sh";
  * util-linux setsid (and the rest the application's command). Prints the
  * application's pid and its start time (field 22 of /proc/PID/stat, read
  * by the supervisor itself: the daemon would need a subprocess for it) on
- * stdout as "PID START", then writes "code N" or "signal N" to STATUSFILE
+ * stdout as "PID START SUPERVISOR_START" (the last its own start time, so
+ * that a re-adopting daemon can tell it from a process that reused its pid;
+ * "-" for one it could not read), then writes "code N" or "signal N" to STATUSFILE
  * (through a temporary file and a rename) when it ends, and only then
  * tells cmappserver: without streams, the same line on its stdout, then the
  * end of that pipe; with streams, the end of its stdout, after which
@@ -68,13 +70,14 @@ if ($pid == 0) {
   exec { $ARGV[0] } @ARGV;
   exit($! == 2 ? 127 : 126);
 }
-my $start = '';
-if (open(my $sf, '<', "/proc/$pid/stat")) {
+sub started {
+  open(my $sf, '<', "/proc/$_[0]/stat") or return '-';
   my $l = <$sf>; close($sf);
-  my @x = split(/ /, substr($l, rindex($l, ') ') + 2)) if defined $l && rindex($l, ') ') > 0;
-  $start = " $x[19]" if @x > 19 && $x[19] =~ /^\d+$/;
+  return '-' unless defined $l && rindex($l, ') ') > 0;
+  my @x = split(/ /, substr($l, rindex($l, ') ') + 2));
+  return @x > 19 && $x[19] =~ /^\d+$/ ? $x[19] : '-';
 }
-syswrite(STDOUT, "$pid$start\n");
+syswrite(STDOUT, "$pid " . started($pid) . ' ' . started($$) . "\n");
 my $pp = getppid();
 my ($st, $reaped) = (0, 0);
 sub done {
@@ -142,7 +145,7 @@ close(STDOUT);
 
 /**
  * The /bin/sh supervisor: argv STATUSFILE MV IO PROGRAM [ARG…]. Prints
- * "PID START" like the perl one (the start time read with the shell's own
+ * "PID START SUPERVISOR_START" like the perl one (the start time read with the shell's own
  * `read`, no subprocess), and keeps its stdout open until the status file
  * is written. A shell reports a death by signal N as 128+N, so it writes
  * "status N" and N > 128 is read as a signal; and a shell starts background
@@ -153,12 +156,15 @@ f=$1; mv=$2; io=$3; shift 3
 if [ "$io" = null ]; then "$@" </dev/null >/dev/null 2>&1 &
 else exec 3<&0; "$@" <&3 3<&- & fi
 pid=$!
-start=
-if read -r st < /proc/$pid/stat; then
-  set -f; set -- ${"$"}{st##*) }
-  if [ $# -ge 20 ]; then shift 19; start=" $1"; fi
-fi
-echo "$pid$start"
+started() {
+  s=-
+  if read -r st < /proc/$1/stat; then
+    set -f; set -- ${"$"}{st##*) }
+    if [ $# -ge 20 ]; then shift 19; s=$1; fi
+  fi
+}
+started "$pid"; a=$s; started $$
+echo "$pid $a $s"
 exec 2>/dev/null </dev/null 3<&-
 if [ "$io" != null ]; then exec >/dev/null; fi
 trap '' HUP INT QUIT TERM PIPE
@@ -226,6 +232,8 @@ export interface SpawnedProcess {
   pidStart: number | null;
   /** The supervisor's pid. */
   supervisorPid: number;
+  /** The supervisor's own start time in clock ticks since boot (null when unknown). */
+  supervisorStart: number | null;
   /**
    * Settles with the status once the supervisor has written it (seen at
    * the end of its stdout, or at its exit), or with null when it ended
@@ -417,12 +425,12 @@ export async function spawnProcess(req: SpawnRequest): Promise<SpawnedProcess | 
     head = joined;
     nl = head.indexOf(10);
   }
-  const [pidText, startText] = nl > 0
+  const [pidText, startText, supStartText] = nl > 0
     ? new TextDecoder().decode(head.subarray(0, nl)).split(" ")
-    : ["", undefined];
+    : ["", undefined, undefined];
   const pid = Number(pidText);
-  const started = startText === undefined ? NaN : Number(startText);
-  const pidStart = Number.isSafeInteger(started) && started >= 0 ? started : null;
+  const pidStart = _ticks(startText);
+  const supervisorStart = _ticks(supStartText);
   const first = nl >= 0 ? head.subarray(nl + 1) : null;
   const fromFile = () => readStatusFile(req.statusFile);
   const supervisorEnded = child.status.then(fromFile, fromFile);
@@ -453,11 +461,14 @@ export async function spawnProcess(req: SpawnRequest): Promise<SpawnedProcess | 
     stdoutEnded.then((st) => st && resolve(st as ExitStatus), () => {});
     supervisorEnded.then(resolve);
   });
-  if (io === "null") return { pid, pidStart, supervisorPid: child.pid, exited, io: null };
+  if (io === "null") {
+    return { pid, pidStart, supervisorPid: child.pid, supervisorStart, exited, io: null };
+  }
   return {
     pid,
     pidStart,
     supervisorPid: child.pid,
+    supervisorStart,
     exited,
     io: {
       stdout: { reader, first },
@@ -536,3 +547,9 @@ export async function signalSession(sid: number, signal: Deno.Signal): Promise<v
 }
 
 export { signalNumber };
+
+/** A start time field of the pid line: clock ticks, or null ("-", missing, garbage). */
+function _ticks(text: string | undefined): number | null {
+  const n = text === undefined || text === "" ? NaN : Number(text);
+  return Number.isSafeInteger(n) && n >= 0 ? n : null;
+}

@@ -473,6 +473,36 @@ Deno.test("list tells every run's name, pid, state, start, exit, launcher and de
   }
 });
 
+Deno.test("a supervisor pid reused by another process does not keep a dead run watched", async () => {
+  const f = await Fixture.create();
+  const impostor = new Deno.Command("/bin/sleep", { args: ["600"] }).spawn();
+  try {
+    const first = await f.server();
+    const c1 = await f.client(first);
+    const r = await c1.launch(["/bin/sleep", "600"], { name: "reused" });
+    f.pids.add(r.pid);
+    const recordFile = `${f.stateDir}/runs/${r.run}.json`;
+    const rec = JSON.parse(await Deno.readTextFile(recordFile));
+    assert.equal(typeof rec.supervisorStart, "number");
+    await crash(first);
+    await c1.closed;
+    Deno.kill(rec.supervisorPid, "SIGKILL");
+    await eventually("the supervisor to die", async () => !(await running(rec.supervisorPid)));
+    killGroup(r.pid);
+    await eventually("the application to die", async () => !(await running(r.pid)));
+    // As if the kernel had given the supervisor's pid to an unrelated process.
+    await Deno.writeTextFile(recordFile, JSON.stringify({ ...rec, supervisorPid: impostor.pid }));
+
+    const second = await f.server();
+    assert.match(second.log(), new RegExp(`run ${r.run} \\(reused\\).*exit status is unknown`));
+    assert.doesNotMatch(second.log(), /re-adopted/);
+  } finally {
+    impostor.kill("SIGKILL");
+    await impostor.status;
+    await f.cleanup();
+  }
+});
+
 Deno.test("a run that ended with nobody to record it is reported lost (207)", async () => {
   const f = await Fixture.create();
   try {
