@@ -11,18 +11,28 @@
 import fc from "fast-check";
 import {
   type ClientMessage,
+  DATA_FRAME_TAG,
+  decodeClientMessage,
+  decodeServerMessage,
+  DEFAULT_MAX_FRAME_SIZE,
   encodeFrame,
+  encodeMessage,
   type ErrorCode,
   type ErrorMessage,
   type ExitedMessage,
   type ExitStatus,
+  FRAME_HEADER_SIZE,
+  FrameDecoder,
+  FrameError,
   type HelloMessage,
   type LaunchedMessage,
   type LaunchMessage,
   MAX_RUN_ID_LENGTH,
   MAX_TEXT_LENGTH,
+  type Message,
   type PingMessage,
   type PongMessage,
+  ProtocolError,
   type ProtocolVersion,
   type RunStatusMessage,
   type ServerHelloMessage,
@@ -424,3 +434,284 @@ export const jsonTextArb: fc.Arbitrary<string> = fc.oneof(
   messageLikeArb.map((m) => JSON.stringify(m)),
   fc.object({ maxDepth: 2 }).map((o) => JSON.stringify(o) ?? "null"),
 );
+
+// ---------------------------------------------------------------- shared properties
+//
+// The properties below are run both by the CI tests (tests/fuzz_test.ts, a
+// few hundred cases each) and by the long fuzzing session (`deno task fuzz`,
+// tools/fuzz.ts, a million cases or more): the same code, only the number of
+// cases differs.
+
+/** What a run of the shared properties saw. */
+export interface FuzzStats {
+  /** Inputs tried. */
+  cases: number;
+  /** Payloads or messages accepted. */
+  accepted: number;
+  /** Clean rejections, by "ErrorClass" or "ErrorClass:code". */
+  rejections: Record<string, number>;
+}
+
+/** An empty {@linkcode FuzzStats}. */
+export function newFuzzStats(): FuzzStats {
+  return { cases: 0, accepted: 0, rejections: {} };
+}
+
+/** An input that made the decoder or validator misbehave (not a clean rejection). */
+export class FuzzFailure extends Error {
+  /** Builds the error. */
+  constructor(message: string) {
+    super(message);
+    this.name = "FuzzFailure";
+  }
+}
+
+function _ensure(ok: boolean, message: string): void {
+  if (!ok) throw new FuzzFailure(message);
+}
+
+function _reject(stats: FuzzStats, key: string): void {
+  stats.rejections[key] = (stats.rejections[key] ?? 0) + 1;
+}
+
+/**
+ * Checks that `e` is one of the protocol's own named errors, with a message
+ * (never a TypeError, RangeError, SyntaxError...), and counts it; anything
+ * else is rethrown.
+ */
+export function cleanRejection(stats: FuzzStats, e: unknown, allowed: "frame" | "message"): void {
+  if (allowed === "frame" && e instanceof FrameError) {
+    _ensure(e.name === "FrameError" && e.message.length > 0, `bare FrameError: ${e}`);
+    _reject(stats, `FrameError:${e.code}`);
+    return;
+  }
+  if (allowed === "message" && e instanceof ProtocolError) {
+    _ensure(e.name === "ProtocolError" && e.message.length > 0, `bare ProtocolError: ${e}`);
+    _ensure(e.message.length <= 2 * MAX_TEXT_LENGTH, `${e.message.length}-character message`);
+    _reject(stats, "ProtocolError");
+    return;
+  }
+  throw e;
+}
+
+const _DECODERS = [decodeClientMessage, decodeServerMessage] as const;
+
+/**
+ * Runs a payload through both message validators: each accepts it as a
+ * message of its own side that re-encodes to itself, or refuses it with a
+ * ProtocolError.
+ */
+export function validateBoth(stats: FuzzStats, payload: Uint8Array): void {
+  for (const decode of _DECODERS) {
+    let m: Message;
+    try {
+      m = decode(payload);
+    } catch (e) {
+      cleanRejection(stats, e, "message");
+      continue;
+    }
+    stats.accepted++;
+    const types: readonly string[] = decode === decodeClientMessage
+      ? [...CLIENT_TYPES, "stop", "release", "list", "window", "close_stream", "data"]
+      : [...SERVER_TYPES, "released", "run_list", "window", "data"];
+    _ensure(types.includes(m.type), `decoded unexpected type ${m.type}`);
+    // What was accepted is stable: it re-encodes to the same message.
+    const again = decode(encodeMessage(m));
+    _ensure(
+      JSON.stringify(again, _bytesAsList) === JSON.stringify(m, _bytesAsList),
+      `not stable: ${JSON.stringify(m, _bytesAsList).slice(0, 200)}`,
+    );
+  }
+}
+
+function _bytesAsList(_key: string, value: unknown): unknown {
+  return value instanceof Uint8Array ? Array.from(value) : value;
+}
+
+/**
+ * Feeds chunks to a FrameDecoder of maximum `max`, checking after every step
+ * that only FrameError is thrown, payloads are 1..max bytes, at most max+4
+ * bytes stay buffered, and every byte pushed is accounted for. Returns the
+ * payloads decoded before the end or the first error.
+ */
+export function feedFrames(stats: FuzzStats, max: number, chunks: readonly Uint8Array[]): {
+  payloads: Uint8Array[];
+  error: string | null;
+} {
+  const d = new FrameDecoder(max);
+  const payloads: Uint8Array[] = [];
+  let pushed = 0;
+  let consumed = 0;
+  for (const c of chunks) {
+    let out: Uint8Array[];
+    try {
+      out = d.push(c);
+    } catch (e) {
+      cleanRejection(stats, e, "frame");
+      const code = (e as FrameError).code;
+      _ensure(code === "empty" || code === "oversize", `push threw ${code}`);
+      _ensure(d.buffered === 0, `${d.buffered} bytes kept after an error`);
+      return { payloads, error: code };
+    }
+    pushed += c.length;
+    for (const p of out) {
+      _ensure(p.length >= 1 && p.length <= max, `payload of ${p.length} bytes (max ${max})`);
+      consumed += FRAME_HEADER_SIZE + p.length;
+    }
+    stats.accepted += out.length;
+    payloads.push(...out);
+    if (d.error) return { payloads, error: d.error.code };
+    _ensure(d.buffered < max + FRAME_HEADER_SIZE, `${d.buffered} bytes buffered (max ${max})`);
+    _ensure(d.buffered === pushed - consumed, "bytes lost or invented");
+  }
+  try {
+    d.finish();
+  } catch (e) {
+    cleanRejection(stats, e, "frame");
+    return { payloads, error: (e as FrameError).code };
+  }
+  _ensure(d.buffered === 0, "finish() accepted a partial frame");
+  return { payloads, error: null };
+}
+
+/** A 4-byte big-endian length header. */
+export function frameHeader(length: number): Uint8Array {
+  const h = new Uint8Array(4);
+  new DataView(h.buffer).setUint32(0, length, false);
+  return h;
+}
+
+/** Chunks of garbage, valid frames (JSON-ish, binary data or random) and bare headers. */
+export function frameNoiseArb(max: number): fc.Arbitrary<Uint8Array[]> {
+  const payload = fc.oneof(
+    fc.uint8Array({ minLength: 1, maxLength: Math.min(max, 40) }),
+    // Cut to the maximum (never filtered: a filter could retry forever).
+    jsonTextArb.map((t) => utf8(t).slice(0, max)),
+    dataPayloadArb.map((p) => p.slice(0, max)),
+  );
+  return fc.array(
+    fc.oneof(
+      { weight: 3, arbitrary: fc.uint8Array({ maxLength: 40 }) },
+      { weight: 3, arbitrary: payload.map((p) => encodeFrame(p, max)) },
+      {
+        weight: 1,
+        arbitrary: fc.oneof(
+          fc.constantFrom(0, 1, max, max + 1, 0xffffffff),
+          fc.integer({ min: 0, max: 0xffffffff }),
+        ).map((n) => frameHeader(Math.min(n, 0xffffffff))),
+      },
+    ),
+    { maxLength: 12 },
+  );
+}
+
+/** Binary data-frame payloads (tag 0x01), valid or close to it. */
+export const dataPayloadArb: fc.Arbitrary<Uint8Array> = fc.tuple(
+  fc.integer({ min: 0, max: 4 }),
+  fc.oneof(runIdArb.map(utf8), fc.uint8Array({ maxLength: 70 })),
+  fc.integer({ min: 0, max: 255 }),
+  fc.uint8Array({ maxLength: 64 }),
+).map(([stream, run, lengthByte, data]) => {
+  const n = lengthByte % 3 === 0 ? run.length : lengthByte;
+  return concat([Uint8Array.of(DATA_FRAME_TAG, stream, n & 0xff), run, data]);
+});
+
+/** One property shared by the CI tests and the long fuzzing session. */
+export interface FuzzProperty {
+  /** What it checks. */
+  name: string;
+  /** The fast-check property, counting into `stats`. */
+  make(stats: FuzzStats): fc.IRawProperty<[unknown], false>;
+}
+
+function _prop<T>(
+  name: string,
+  arb: fc.Arbitrary<T>,
+  check: (input: T, stats: FuzzStats) => void,
+): FuzzProperty {
+  return {
+    name,
+    make: (stats) =>
+      fc.property(arb, (input) => {
+        stats.cases++;
+        check(input, stats);
+      }) as unknown as fc.IRawProperty<[unknown], false>,
+  };
+}
+
+const _maxArb = fc.oneof(
+  fc.integer({ min: 1, max: 64 }),
+  fc.constant(DEFAULT_MAX_FRAME_SIZE),
+);
+
+/**
+ * The frame decoder and message validator properties: no crash, no
+ * unbounded buffering, every rejection a FrameError or ProtocolError.
+ */
+export const FUZZ_PROPERTIES: readonly FuzzProperty[] = [
+  _prop(
+    "frames: garbage, frames and headers in chunks give payloads or a FrameError",
+    _maxArb.chain((max) => fc.tuple(fc.constant(max), frameNoiseArb(max))),
+    ([max, chunks], stats) => void feedFrames(stats, max, chunks),
+  ),
+  _prop(
+    "frames: the verdict does not depend on how the bytes are cut",
+    fc.integer({ min: 1, max: 64 }).chain((max) =>
+      fc.tuple(fc.constant(max), frameNoiseArb(max), fc.array(fc.nat(), { maxLength: 20 }))
+    ),
+    ([max, chunks, cuts], stats) => {
+      const stream = concat(chunks);
+      const ref = feedFrames(stats, max, bytewise(stream));
+      const other = feedFrames(stats, max, cutAt(stream, cuts));
+      _ensure(other.error === ref.error, `verdict ${other.error} vs ${ref.error}`);
+      _ensure(
+        JSON.stringify(other.payloads, _bytesAsList) === JSON.stringify(ref.payloads, _bytesAsList),
+        "payloads differ with the chunking",
+      );
+    },
+  ),
+  _prop(
+    "frames then messages: a byte stream through the decoder and both validators",
+    fc.tuple(frameNoiseArb(DEFAULT_MAX_FRAME_SIZE), fc.array(fc.nat(), { maxLength: 8 })),
+    ([chunks, cuts], stats) => {
+      const { payloads } = feedFrames(stats, DEFAULT_MAX_FRAME_SIZE, cutAt(concat(chunks), cuts));
+      for (const p of payloads) validateBoth(stats, p);
+    },
+  ),
+  _prop(
+    "messages: arbitrary bytes and data frames",
+    fc.oneof(fc.uint8Array({ maxLength: 200 }), dataPayloadArb),
+    (bytes, stats) => validateBoth(stats, bytes),
+  ),
+  _prop(
+    "messages: arbitrary JSON text",
+    jsonTextArb,
+    (text, stats) => validateBoth(stats, utf8(text)),
+  ),
+  _prop(
+    "messages: records with a real type and random fields",
+    messageLikeArb,
+    (m, stats) => validateBoth(stats, jsonBytes(m)),
+  ),
+  _prop(
+    "messages: valid messages with one field replaced, deleted or added",
+    fc.oneof(mutatedArb(clientMessageArb), mutatedArb(serverMessageArb)),
+    (m, stats) => validateBoth(stats, jsonBytes(m)),
+  ),
+  _prop(
+    "messages: valid messages with one byte changed",
+    fc.tuple(
+      fc.oneof(clientMessageArb, serverMessageArb),
+      fc.nat(),
+      fc.integer({
+        min: 0,
+        max: 255,
+      }),
+    ),
+    ([m, at, b], stats) => {
+      const bytes = encodeMessage(m);
+      bytes[at % bytes.length] = b;
+      validateBoth(stats, bytes);
+    },
+  ),
+];
