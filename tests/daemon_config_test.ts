@@ -631,52 +631,6 @@ Deno.test("size limits: argv, environment and frames", async (t) => {
   }
 });
 
-Deno.test("max_connections: connections beyond it are dropped on arrival", async () => {
-  const keys = await makeKeys();
-  const server = await startServerProcess(keys.server, [
-    "-max_connections",
-    "2",
-    "-handshake_timeout",
-    "120",
-  ]);
-  const open: Deno.TcpConn[] = [];
-  try {
-    for (let i = 0; i < 2; i++) {
-      open.push(await Deno.connect({ hostname: "127.0.0.1", port: server.port }));
-    }
-    const third = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
-    try {
-      // The server hangs up without a word (the handshake timeout is 120 s).
-      const n = await third.read(new Uint8Array(16)).catch(() => null);
-      assert.equal(n, null);
-    } finally {
-      third.close();
-    }
-    await server.waitForLog(/dropped: 2 connections already open \(max_connections 2\)/);
-    // The first two are still open: the server has not closed them.
-    assert.doesNotMatch(server.log(), /closed the connection|did not finish the TLS handshake/);
-  } finally {
-    for (const conn of open) conn.close();
-  }
-  try {
-    // Once they are closed, managers get in again.
-    await eventually("a manager to get in again", async () => {
-      try {
-        const c = await client(keys.manager, server.port);
-        await c.ping();
-        await closeClient(c);
-        return true;
-      } catch {
-        return false;
-      }
-    });
-    await stillServes(keys, server.port, server.log);
-  } finally {
-    assert.equal(await server.stop(), 0);
-    await keys.root.cleanup();
-  }
-});
-
 Deno.test("idle_timeout: a connection silent after its hello is closed", async () => {
   const keys = await makeKeys();
   const server = await startServerProcess(keys.server, ["-idle_timeout", "1"]);

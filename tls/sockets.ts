@@ -28,6 +28,15 @@ export interface PeerCheck {
 
 type _Peer = { remoteAddress?: string; remotePort?: number; _parent?: _Peer };
 
+/** A TCP socket as node:tls's "connection" event hands it over. */
+type _Raw = _Peer & {
+  destroy(): void;
+  once(e: "close", f: () => void): void;
+  off?(e: "close", f: () => void): void;
+  /** Our close handler, kept to remove it when we count the socket out ourselves. */
+  _cmappClosed?: () => void;
+};
+
 function _address(sock: _Peer): string {
   // Before the handshake completes, Node's TLS socket may not know the
   // address yet; the TCP socket under it (_parent) does.
@@ -119,33 +128,50 @@ export function listenTls(options: TlsListenOptions): Promise<TlsListener> {
   // Connections dropped for max_connections: their TLS layer then reports a
   // failed handshake, which is not news.
   const dropped = new WeakSet<object>();
+  // Connections that have not finished the TLS handshake, oldest first: at
+  // most half of max_connections, so that silent or slow clients (slowloris)
+  // can never lock a real manager out; beyond that, the oldest is dropped.
+  const handshaking = new Set<_Raw>();
   if (options.maxConnections !== undefined) {
+    const max = options.maxConnections;
+    const maxHandshaking = Math.max(1, Math.ceil(max / 2));
     let open = 0;
-    server.on(
-      "connection",
-      (
-        raw: {
-          remoteAddress?: string;
-          remotePort?: number;
-          destroy(): void;
-          once(e: "close", f: () => void): void;
-        },
-      ) => {
-        if (open >= options.maxConnections!) {
-          options.onHandshakeError(
-            _address(raw),
-            `dropped: ${open} connections already open (max_connections ${options.maxConnections})`,
-          );
-          dropped.add(raw);
-          raw.destroy();
-          return;
-        }
-        open++;
-        raw.once("close", () => open--);
-      },
-    );
+    server.on("connection", (raw: _Raw) => {
+      if (handshaking.size >= maxHandshaking || (open >= max && handshaking.size > 0)) {
+        const oldest = handshaking.values().next().value!;
+        handshaking.delete(oldest);
+        options.onHandshakeError(
+          _address(oldest),
+          `dropped: the oldest of ${handshaking.size + 1} connections still in the TLS handshake ` +
+            `(at most ${maxHandshaking}, half of max_connections ${max}), for a new one`,
+        );
+        dropped.add(oldest);
+        oldest.destroy();
+        // Its close event comes later: count it out now, and only once.
+        open--;
+        oldest.off?.("close", oldest._cmappClosed!);
+      }
+      if (open >= max) {
+        options.onHandshakeError(
+          _address(raw),
+          `dropped: ${open} connections already open (max_connections ${max})`,
+        );
+        dropped.add(raw);
+        raw.destroy();
+        return;
+      }
+      open++;
+      handshaking.add(raw);
+      raw._cmappClosed = () => {
+        open--;
+        handshaking.delete(raw);
+      };
+      raw.once("close", raw._cmappClosed);
+    });
   }
   server.on("secureConnection", (sock: tls.TLSSocket) => {
+    const raw = (sock as _Peer)._parent as _Raw | undefined;
+    if (raw) handshaking.delete(raw);
     sock.setNoDelay(true);
     // Errors after this point belong to the connection's owner; until it
     // attaches, keep an unhandled one from crashing the process.
