@@ -365,3 +365,99 @@ export async function running(pid: number): Promise<boolean> {
 export async function members(id: number): Promise<Proc[]> {
   return (await processes()).filter((p) => p.pgid === id || p.sid === id);
 }
+
+/** A cmappmgr child process started by {@linkcode startMgrProcess}. */
+export interface MgrProcess {
+  pid: number;
+  /** Its outcome, once it has exited. */
+  result: Promise<MgrResult>;
+  /** When it was seen to exit (ms since the epoch), or null while it runs. */
+  readonly endedAt: number | null;
+  /** True once it has exited. */
+  readonly done: boolean;
+  /** Sends it a signal (ignored once it is gone). */
+  signal(sig: Deno.Signal): void;
+  /** SIGKILL unless gone, then waits for it. */
+  kill(): Promise<void>;
+}
+
+/** Starts cmappmgr with `args` in the background (stdin /dev/null, output captured). */
+export function startMgrProcess(args: string[]): MgrProcess {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [...programCommand("cmappmgr"), ...args],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let endedAt: number | null = null;
+  const d = new TextDecoder();
+  const result = child.output().then((out) => {
+    endedAt = Date.now();
+    return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+  });
+  const signal = (sig: Deno.Signal) => {
+    if (endedAt !== null) return;
+    try {
+      child.kill(sig);
+    } catch {
+      // already gone
+    }
+  };
+  return {
+    pid: child.pid,
+    result,
+    get endedAt() {
+      return endedAt;
+    },
+    get done() {
+      return endedAt !== null;
+    },
+    signal,
+    async kill() {
+      signal("SIGKILL");
+      await result.catch(() => {});
+    },
+  };
+}
+
+/** `p`, or a failure naming `what` after `ms` (a bound against hanging, not a timing check). */
+export async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Occurrences of `re` in `text`. */
+export function countMatches(text: string, re: RegExp): number {
+  return text.match(new RegExp(re.source, re.flags.includes("g") ? re.flags : re.flags + "g"))
+    ?.length ?? 0;
+}
+
+/** Min, median, 95th percentile and max of `xs` (all 0 when empty). */
+export function summarize(
+  xs: number[],
+): { n: number; min: number; p50: number; p95: number; max: number } {
+  const s = [...xs].sort((a, b) => a - b);
+  const at = (q: number) => s.length ? s[Math.min(s.length - 1, Math.floor(q * s.length))] : 0;
+  return { n: s.length, min: s[0] ?? 0, p50: at(0.5), p95: at(0.95), max: s[s.length - 1] ?? 0 };
+}
+
+/**
+ * Prints a scenario's measured figures as one `RELIABILITY name: {json}`
+ * line on stderr (shown even under `deno test -q`), and appends it to the
+ * file named by CMAPP_RELIABILITY_OUT when set (RELIABILITY.md's figures).
+ */
+export function reportFigures(name: string, figures: Record<string, unknown>): void {
+  const line = `RELIABILITY ${name}: ${JSON.stringify(figures)}`;
+  console.error(line);
+  const out = Deno.env.get("CMAPP_RELIABILITY_OUT");
+  if (out) Deno.writeTextFileSync(out, line + "\n", { append: true });
+}
