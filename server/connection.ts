@@ -236,8 +236,14 @@ export function serveConnection(
         }
         channel.send(reply);
         if (m.streams || m.stdin) takeStreams(run);
-        if (hasEnded(run)) sendEnd(run);
-        else follow(run);
+        if (!hasEnded(run)) follow(run);
+        else if (run.io && sinks.has(run.id)) {
+          // It ended before we answered (short runs often do): its output
+          // still goes first, once the manager's credit arrives. Not awaited,
+          // since that credit comes through this connection's queue.
+          const io = run.io;
+          void io.drained(2000).then(() => sendEnd(run));
+        } else sendEnd(run);
         return;
       }
       case "status": {

@@ -440,6 +440,31 @@ Deno.test("all output arrives before cmappmgr exits with the application's statu
   }
 });
 
+Deno.test("a run that ends before its launch is answered still delivers all its output", async () => {
+  const f = await Fixture.create();
+  try {
+    // Short runs often end before cmappserver answers the launch: their
+    // output must still come before the exit status, every time.
+    const lost: string[] = [];
+    for (let round = 0; round < 10; round++) {
+      const ms = [0, 1, 2].map((i) => {
+        const j = round * 3 + i;
+        return { j, m: f.mgr(["sh", "-c", `echo out-${j}; echo err-${j} >&2; exit ${j % 50}`]) };
+      });
+      for (const { j, m } of ms) {
+        const out = new TextDecoder().decode(await readAll(m.child.stdout));
+        const status = await m.status;
+        const err = await m.stderr;
+        assert.equal(status.code, j % 50, err);
+        if (out !== `out-${j}\n` || err !== `err-${j}\n`) lost.push(`${j}: ${out}|${err}`);
+      }
+    }
+    assert.deepEqual(lost, []);
+  } finally {
+    await f.cleanup();
+  }
+});
+
 /** An in-memory byte stream that records what the client writes; the test emits what it receives. */
 class _FakeSocket extends EventEmitter implements ByteStream {
   readonly sent: ClientMessage[] = [];
