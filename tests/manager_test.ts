@@ -22,6 +22,7 @@ import {
   type ServerProcess,
   startServerProcess,
   trust,
+  within,
   writeIdentity,
 } from "./_harness.ts";
 import { MGR_EXIT } from "../cli/exit_codes.ts";
@@ -32,21 +33,6 @@ import { generateIdentity, loadIdentity, loadTrust } from "../tls/mod.ts";
 
 function delay(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
-}
-
-/** `p`, or a failure naming `what` after `ms` (a bound against hanging, not a timing check). */
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** A port with nothing listening on it. */
