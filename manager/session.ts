@@ -8,6 +8,7 @@
  */
 
 import type { ExitStatus } from "../protocol/mod.ts";
+import { concatBytes, ReadAhead } from "../protocol/read_ahead.ts";
 import { type Logger, silentLogger } from "../log/logger.ts";
 import {
   Client,
@@ -437,24 +438,21 @@ const _GATHER_BYTES = 64 * 1024;
  * a few large data frames; it never waits for bytes that are not there yet.
  */
 class _Gatherer {
-  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
-  #ahead: Promise<ReadableStreamReadResult<Uint8Array>> | null = null;
+  readonly #in: ReadAhead;
   #eof = false;
 
   constructor(reader: ReadableStreamDefaultReader<Uint8Array>) {
-    this.#reader = reader;
+    this.#in = new ReadAhead(reader);
   }
 
   async next(): Promise<ReadableStreamReadResult<Uint8Array>> {
     if (this.#eof) return { done: true, value: undefined };
-    const read = this.#ahead ?? this.#reader.read();
-    this.#ahead = null;
-    const first = await read;
+    const first = await this.#in.read();
     if (first.done) return first;
     const parts = [first.value];
     let total = first.value.length;
     while (total < _GATHER_BYTES) {
-      const r = await this.#soon();
+      const r = await this.#in.soon();
       if (!r) break;
       if (r.done) {
         this.#eof = true;
@@ -464,23 +462,6 @@ class _Gatherer {
       total += r.value.length;
     }
     if (parts.length === 1) return first;
-    const merged = new Uint8Array(total);
-    let off = 0;
-    for (const p of parts) {
-      merged.set(p, off);
-      off += p.length;
-    }
-    return { done: false, value: merged };
-  }
-
-  /** The next read, or null when it does not complete within this turn of the event loop. */
-  async #soon(): Promise<ReadableStreamReadResult<Uint8Array> | null> {
-    const read = this.#ahead ??= this.#reader.read();
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const tick = new Promise<null>((r) => timer = setTimeout(() => r(null), 0));
-    const r = await Promise.race([read, tick]);
-    clearTimeout(timer);
-    if (r !== null) this.#ahead = null;
-    return r;
+    return { done: false, value: concatBytes(parts, total) };
   }
 }

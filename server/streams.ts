@@ -8,6 +8,7 @@
  *
  * @module
  */
+import { concatBytes, ReadAhead } from "../protocol/read_ahead.ts";
 
 /** Where a run's output goes: the receiving connection. */
 export interface StreamSink {
@@ -22,8 +23,8 @@ class _Pump {
   readonly name: "stdout" | "stderr";
   readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
   #pending: Uint8Array | null;
-  /** A read started while gathering that did not complete at once. */
-  #ahead: Promise<ReadableStreamReadResult<Uint8Array>> | null = null;
+  /** The pipe, with a read started while gathering that did not complete at once. */
+  readonly #in: ReadAhead;
   /** The pipe has reached its end (seen while gathering). */
   #eof = false;
   #credit = 0;
@@ -44,6 +45,7 @@ class _Pump {
   ) {
     this.name = name;
     this.#reader = reader;
+    this.#in = new ReadAhead(reader);
     this.#pending = first && first.length > 0 ? first : null;
     this.done = this.#run();
   }
@@ -78,17 +80,6 @@ class _Pump {
     w?.();
   }
 
-  /** The next read, or null when it does not complete within this turn of the event loop. */
-  async #readSoon(): Promise<ReadableStreamReadResult<Uint8Array> | null> {
-    const read = this.#ahead ??= this.#reader.read();
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const tick = new Promise<null>((r) => timer = setTimeout(() => r(null), 0));
-    const r = await Promise.race([read, tick]);
-    clearTimeout(timer);
-    if (r !== null) this.#ahead = null;
-    return r;
-  }
-
   /**
    * Adds to the pending bytes what the pipe already holds, up to `limit`,
    * so that a fast writer's many small reads go out as a few large data
@@ -99,7 +90,7 @@ class _Pump {
     const parts = [first];
     let total = first.length;
     while (total < limit && !this.#eof && !this.#closed) {
-      const r = await this.#readSoon();
+      const r = await this.#in.soon();
       if (!r) break;
       if (r.done) this.#eof = true;
       else {
@@ -108,13 +99,7 @@ class _Pump {
       }
     }
     if (parts.length === 1) return;
-    const merged = new Uint8Array(total);
-    let off = 0;
-    for (const p of parts) {
-      merged.set(p, off);
-      off += p.length;
-    }
-    this.#pending = merged;
+    this.#pending = concatBytes(parts, total);
     this.lastActivity = Date.now();
   }
 
@@ -124,9 +109,7 @@ class _Pump {
         if (this.#closed) return;
         if (!this.#pending) {
           if (this.#eof) break;
-          const read = this.#ahead ?? this.#reader.read();
-          this.#ahead = null;
-          const { value, done } = await read;
+          const { value, done } = await this.#in.read();
           if (done) break;
           this.#pending = value;
           this.lastActivity = Date.now();
