@@ -384,6 +384,9 @@ async function main(args: string[]): Promise<number> {
   };
   const handlers = [["SIGTERM", onSignal("SIGTERM")], ["SIGINT", onSignal("SIGINT")]] as const;
   for (const [sig, h] of handlers) Deno.addSignalListener(sig, h);
+  // stdout carries the bulk: chunks that arrive while a write is in flight go
+  // out together. stderr stays unbatched, in order with our own messages.
+  const stdout = new _mgr.BatchWriter(Deno.stdout);
   try {
     const outcome = await _mgr.runCommand({
       host: cfg.node,
@@ -403,7 +406,7 @@ async function main(args: string[]): Promise<number> {
       stopTimeoutMs: cfg.stopTimeoutMs,
       interrupt: interrupted,
       io: {
-        stdout: (bytes) => _writeAll(Deno.stdout, bytes),
+        stdout: (bytes) => stdout.write(bytes),
         stderr: (bytes) => _writeAll(Deno.stderr, bytes),
         stdin: cfg.stdin ? Deno.stdin.readable : undefined,
       },
@@ -416,6 +419,9 @@ async function main(args: string[]): Promise<number> {
     if (e instanceof _mgr.LaunchError || e instanceof _mgr.ManagerError) log.quiet.error(e.message);
     return _fail(e);
   } finally {
+    // Everything queued is written before we exit; a failed write means the
+    // reader went away, as in a pipeline, and the stream was closed already.
+    await stdout.flush().catch(() => {});
     for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
     Deno.removeSignalListener("SIGHUP", onHup);
     await log.close();

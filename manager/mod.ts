@@ -11,6 +11,7 @@
  *
  * @module
  */
+export * from "./batch_writer.ts";
 export * from "./client.ts";
 export * from "./errors.ts";
 export * from "./session.ts";
