@@ -581,14 +581,22 @@ testIf(
   "OCF agent: ocf-tester passes against a real cmappserver",
   async () => {
     const { keys, server, params } = await agentSetup();
+    // ocf-tester runs some actions as an unprivileged user, who must be able
+    // to reach the agent: a copy in a world-readable folder, wherever the
+    // checkout is.
+    const copyDir = await Deno.makeTempDir({ prefix: "cmapp-ocf-" });
     try {
+      await Deno.chmod(copyDir, 0o755);
+      const agentCopy = `${copyDir}/cmapp`;
+      await Deno.copyFile(AGENT, agentCopy);
+      await Deno.chmod(agentCopy, 0o755);
       const all = { ...params, service_name: "ocft1" };
       const t0 = performance.now();
       const r = await run("ocf-tester", [
         "-n",
         "ocft1",
         ...Object.entries(all).flatMap(([k, v]) => ["-o", `${k}=${v}`]),
-        AGENT,
+        agentCopy,
       ]);
       const secs = ((performance.now() - t0) / 1000).toFixed(1);
       assert.equal(r.code, 0, `ocf-tester failed:\n${r.stdout}${r.stderr}`);
@@ -599,6 +607,7 @@ testIf(
       await endRuns(keys, server, params.state_dir);
       await server.stop();
       await removeAll(keys.root);
+      await Deno.remove(copyDir, { recursive: true });
     }
   },
 );
