@@ -30,7 +30,7 @@ import type { StreamSink } from "./streams.ts";
 /** Largest data frame payload sent, in bytes. */
 const _DATA_CHUNK = 64 * 1024;
 /** stdin credit granted to a manager at a time, in bytes. */
-const _STDIN_WINDOW = 256 * 1024;
+const _STDIN_WINDOW = 1024 * 1024;
 
 /** Agent string sent in the server's hello. */
 export const SERVER_AGENT = `cmappserver ${SOFTWARE_VERSION}`;
