@@ -339,7 +339,8 @@ export class Client {
 
   /**
    * Sends bytes to the run's stdin, waiting for the server's credit; empty
-   * bytes close it. Rejects when the connection closes first.
+   * bytes close it. Rejects when the connection closes first. The bytes are
+   * copied as they go out: the buffer may be reused once this settles.
    */
   async sendStdin(run: string, bytes: Uint8Array): Promise<void> {
     if (bytes.length === 0) {

@@ -8,7 +8,7 @@
  */
 
 import type { ExitStatus } from "../protocol/mod.ts";
-import { concatBytes, ReadAhead } from "../protocol/read_ahead.ts";
+import { Gatherer } from "../protocol/read_ahead.ts";
 import { type Logger, silentLogger } from "../log/logger.ts";
 import {
   Client,
@@ -397,12 +397,14 @@ async function _forwardStdin(
   client: () => Client,
   logger: Logger,
 ): Promise<void> {
-  const reader = input.getReader();
-  const gather = new _Gatherer(reader);
+  // Up to one data frame at a time; each chunk is sent (copied into a frame)
+  // before the next read reuses its buffer.
+  const gather = new Gatherer(input);
   try {
     for (;;) {
-      const { value, done } = await gather.next();
-      const chunk = done ? new Uint8Array(0) : value;
+      const value = await gather.next();
+      const done = value === null;
+      const chunk = value ?? new Uint8Array(0);
       for (;;) {
         const c = client();
         if (c.isClosed) {
@@ -424,44 +426,6 @@ async function _forwardStdin(
   } catch (e) {
     logger.warn(`stdin: ${(e as Error).message}`);
   } finally {
-    reader.releaseLock();
-  }
-}
-
-/** Input is forwarded in chunks of up to this many bytes (one data frame). */
-const _GATHER_BYTES = 64 * 1024;
-
-/**
- * Reads a stream in chunks of up to {@linkcode _GATHER_BYTES}: to one read
- * it adds what the stream already holds (the reads that complete within
- * the same turn of the event loop), so that many small pipe reads go out as
- * a few large data frames; it never waits for bytes that are not there yet.
- */
-class _Gatherer {
-  readonly #in: ReadAhead;
-  #eof = false;
-
-  constructor(reader: ReadableStreamDefaultReader<Uint8Array>) {
-    this.#in = new ReadAhead(reader);
-  }
-
-  async next(): Promise<ReadableStreamReadResult<Uint8Array>> {
-    if (this.#eof) return { done: true, value: undefined };
-    const first = await this.#in.read();
-    if (first.done) return first;
-    const parts = [first.value];
-    let total = first.value.length;
-    while (total < _GATHER_BYTES) {
-      const r = await this.#in.soon();
-      if (!r) break;
-      if (r.done) {
-        this.#eof = true;
-        break;
-      }
-      parts.push(r.value);
-      total += r.value.length;
-    }
-    if (parts.length === 1) return first;
-    return { done: false, value: concatBytes(parts, total) };
+    gather.release();
   }
 }

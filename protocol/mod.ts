@@ -1,6 +1,7 @@
 /**
  * The cmapp wire protocol: framing, messages, versions, and a message
- * channel over any byte stream. See docs/PROTOCOL.md.
+ * channel over any byte stream (see docs/PROTOCOL.md); and the gathering
+ * reader both programs feed data frames from.
  *
  * @example
  * ```ts
@@ -17,3 +18,4 @@ export * from "./messages.ts";
 export * from "./version.ts";
 export * from "./exit_status.ts";
 export * from "./channel.ts";
+export * from "./read_ahead.ts";

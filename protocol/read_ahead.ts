@@ -1,50 +1,154 @@
 /**
- * Reads from a byte stream with one read kept ahead, so that a caller can
- * take what the stream already holds without waiting for what it does not:
- * the piece both programs use to merge many small pipe reads into a few
- * large data frames. Knows nothing of frames or processes.
+ * Reads a byte stream in gathered chunks: to one read it adds what the
+ * stream already holds, without waiting for what it does not, so that many
+ * small pipe reads go out as a few large data frames. The piece both
+ * programs use for a run's output (cmappserver) and for stdin (cmappmgr).
+ * Knows nothing of frames or processes.
  *
  * @module
  */
 
+/** Default size of a gathered chunk, and of the buffers behind it: 64 KiB. */
+export const DEFAULT_GATHER_BYTES = 64 * 1024;
+
 /**
- * A reader with one read kept ahead.
+ * A gathering reader. On a byte stream (a pipe's, a file's) it reads with
+ * a BYOB reader into one buffer it keeps, and gathers into a second one, so
+ * that reading allocates nothing; on any other stream it takes the chunks
+ * as they come. A chunk returned by {@linkcode Gatherer.next} is valid only
+ * until the next call (copy it to keep it).
  *
  * @example
  * ```ts
- * import { ReadAhead } from "./read_ahead.ts";
- * const r = new ReadAhead(new Blob(["abc"]).stream().getReader());
- * const first = await r.read(); // waits for the first bytes
- * const more = await r.soon(); // null if nothing more is there in this turn
+ * import { Gatherer } from "./read_ahead.ts";
+ * const g = new Gatherer(new Blob(["abc"]).stream());
+ * const chunk = await g.next(1024); // "abc" as bytes: waits for the first, takes what is there
+ * await g.next(1024); // null: the end
  * ```
  */
-export class ReadAhead {
-  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
-  #ahead: Promise<ReadableStreamReadResult<Uint8Array>> | null = null;
+export class Gatherer {
+  readonly #byob: ReadableStreamBYOBReader | null = null;
+  readonly #reader: ReadableStreamDefaultReader<Uint8Array> | null = null;
+  readonly #size: number;
+  /** Where BYOB reads land (handed back by each read). */
+  #buf: Uint8Array;
+  /** Where a chunk made of several reads is gathered. */
+  readonly #acc: Uint8Array;
+  /** A read started while gathering that did not complete at once. */
+  #ahead: Promise<Uint8Array | null> | null = null;
+  /** Bytes of a default reader's chunk beyond what was asked for. */
+  #leftover: Uint8Array | null = null;
+  #eof = false;
+  #resolveEnded!: () => void;
+  /** Resolves once the end of the stream has been read, or the stream was cancelled. */
+  readonly ended: Promise<void>;
 
-  /** Wraps `reader`. */
-  constructor(reader: ReadableStreamDefaultReader<Uint8Array>) {
-    this.#reader = reader;
-  }
-
-  /** The next read, waiting for it (the one kept ahead, if any). */
-  read(): Promise<ReadableStreamReadResult<Uint8Array>> {
-    const read = this.#ahead ?? this.#reader.read();
-    this.#ahead = null;
-    return read;
+  /**
+   * Takes the stream's lock.
+   * @param stream what to read
+   * @param size largest chunk {@linkcode next} returns
+   */
+  constructor(stream: ReadableStream<Uint8Array>, size: number = DEFAULT_GATHER_BYTES) {
+    this.#size = size;
+    this.ended = new Promise((r) => this.#resolveEnded = r);
+    try {
+      this.#byob = stream.getReader({ mode: "byob" });
+    } catch {
+      // Not a byte stream.
+      this.#reader = stream.getReader();
+    }
+    this.#buf = new Uint8Array(this.#byob ? size : 0);
+    this.#acc = new Uint8Array(size);
   }
 
   /**
-   * The next read, or null when it does not complete within this turn of
-   * the event loop (it is then kept ahead for the next call).
+   * Waits for the next bytes, adds what the stream already holds (reads
+   * that complete within this turn of the event loop), up to `limit`
+   * bytes. Resolves null at the end of the stream.
+   * @param limit largest chunk wanted, at most the size given to the constructor
+   * @throws what the stream's read throws (a broken pipe)
    */
-  async soon(): Promise<ReadableStreamReadResult<Uint8Array> | null> {
-    const read = this.#ahead ??= this.#reader.read();
+  async next(limit: number = this.#size): Promise<Uint8Array | null> {
+    limit = Math.max(1, Math.min(limit, this.#size));
+    const ahead = this.#ahead;
+    this.#ahead = null;
+    if (!ahead && this.#eof) return null;
+    let first = await (ahead ?? this.#read(limit));
+    if (first === null) return null;
+    if (first.length > limit) {
+      // A read kept ahead was asked for more than this call wants.
+      this.#leftover = first.subarray(limit);
+      first = first.subarray(0, limit);
+    }
+    if (first.length === limit || this.#eof) return first;
+    // A read about to start reuses the buffer `first` may be in: move it first.
+    this.#acc.set(first, 0);
+    let total = first.length;
+    while (total < limit && !this.#eof) {
+      const more = await this.#soon(limit - total);
+      if (!more) break;
+      this.#acc.set(more, total);
+      total += more.length;
+    }
+    return this.#acc.subarray(0, total);
+  }
+
+  /** Stops reading: the stream is cancelled (a pipe's read end closed). */
+  async cancel(): Promise<void> {
+    this.#eof = true;
+    this.#resolveEnded();
+    await (this.#byob ?? this.#reader)!.cancel().catch(() => {});
+  }
+
+  /** Gives the stream's lock back (a read still pending is abandoned). */
+  release(): void {
+    (this.#byob ?? this.#reader)!.releaseLock();
+  }
+
+  /** One read of at most `max` bytes, or null at the end. */
+  async #read(max: number): Promise<Uint8Array | null> {
+    const left = this.#leftover;
+    if (left) {
+      this.#leftover = left.length > max ? left.subarray(max) : null;
+      return left.length > max ? left.subarray(0, max) : left;
+    }
+    if (this.#byob) {
+      const { value, done } = await this.#byob.read(this.#buf.subarray(0, max));
+      // The buffer comes back (moved) with the result; keep it for the next read.
+      if (value) this.#buf = new Uint8Array(value.buffer);
+      else this.#buf = new Uint8Array(this.#size);
+      if (done || !value) return this.#end();
+      return value;
+    }
+    const { value, done } = await this.#reader!.read();
+    if (done) return this.#end();
+    if (value.length > max) {
+      this.#leftover = value.subarray(max);
+      return value.subarray(0, max);
+    }
+    return value;
+  }
+
+  #end(): null {
+    this.#eof = true;
+    this.#resolveEnded();
+    return null;
+  }
+
+  /**
+   * The next read if it completes within this turn; otherwise undefined,
+   * and it is kept ahead for the next call. Null at the end.
+   */
+  async #soon(max: number): Promise<Uint8Array | null | undefined> {
+    const read = this.#read(max);
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const tick = new Promise<null>((r) => timer = setTimeout(() => r(null), 0));
+    const tick = new Promise<undefined>((r) => timer = setTimeout(() => r(undefined), 0));
     const r = await Promise.race([read, tick]);
     clearTimeout(timer);
-    if (r !== null) this.#ahead = null;
+    if (r === undefined) {
+      this.#ahead = read;
+      read.catch(() => {}); // its failure, if any, is seen by the next call
+    }
     return r;
   }
 }

@@ -8,11 +8,14 @@
  *
  * @module
  */
-import { concatBytes, ReadAhead } from "../protocol/read_ahead.ts";
+import { Gatherer } from "../protocol/read_ahead.ts";
 
 /** Where a run's output goes: the receiving connection. */
 export interface StreamSink {
-  /** Sends bytes of `stream`; empty bytes mean end of stream. */
+  /**
+   * Sends bytes of `stream`; empty bytes mean end of stream. `bytes` is
+   * valid only during the call (its buffer is read into again): copy it.
+   */
   data(stream: "stdout" | "stderr", bytes: Uint8Array): void;
 }
 
@@ -21,12 +24,10 @@ const _GATHER_BYTES = 64 * 1024;
 
 class _Pump {
   readonly name: "stdout" | "stderr";
-  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  /** Bytes read and not yet sent: a view into the gatherer's buffers, valid until its next read. */
   #pending: Uint8Array | null;
-  /** The pipe, with a read started while gathering that did not complete at once. */
-  readonly #in: ReadAhead;
-  /** The pipe has reached its end (seen while gathering). */
-  #eof = false;
+  /** The pipe. */
+  readonly #in: Gatherer;
   #credit = 0;
   #sink: StreamSink | null = null;
   #wake: (() => void) | null = null;
@@ -38,14 +39,9 @@ class _Pump {
   lastActivity = Date.now();
   readonly done: Promise<void>;
 
-  constructor(
-    name: "stdout" | "stderr",
-    reader: ReadableStreamDefaultReader<Uint8Array>,
-    first: Uint8Array | null,
-  ) {
+  constructor(name: "stdout" | "stderr", input: Gatherer, first: Uint8Array | null) {
     this.name = name;
-    this.#reader = reader;
-    this.#in = new ReadAhead(reader);
+    this.#in = input;
     this.#pending = first && first.length > 0 ? first : null;
     this.done = this.#run();
   }
@@ -70,7 +66,7 @@ class _Pump {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#reader.cancel().catch(() => {});
+    void this.#in.cancel();
     this.#poke();
   }
 
@@ -80,37 +76,18 @@ class _Pump {
     w?.();
   }
 
-  /**
-   * Adds to the pending bytes what the pipe already holds, up to `limit`,
-   * so that a fast writer's many small reads go out as a few large data
-   * frames; never waits for bytes that are not there yet.
-   */
-  async #gather(limit: number): Promise<void> {
-    const first = this.#pending!;
-    const parts = [first];
-    let total = first.length;
-    while (total < limit && !this.#eof && !this.#closed) {
-      const r = await this.#in.soon();
-      if (!r) break;
-      if (r.done) this.#eof = true;
-      else {
-        parts.push(r.value);
-        total += r.value.length;
-      }
-    }
-    if (parts.length === 1) return;
-    this.#pending = concatBytes(parts, total);
-    this.lastActivity = Date.now();
-  }
-
   async #run(): Promise<void> {
     try {
       for (;;) {
         if (this.#closed) return;
         if (!this.#pending) {
-          if (this.#eof) break;
-          const { value, done } = await this.#in.read();
-          if (done) break;
+          // One read, and what the pipe already holds after it (many small
+          // writes go out as a few large frames), within the credit if known.
+          const limit = this.#sink && this.#credit > 0
+            ? Math.min(this.#credit, _GATHER_BYTES)
+            : _GATHER_BYTES;
+          const value = await this.#in.next(limit);
+          if (value === null) break;
           this.#pending = value;
           this.lastActivity = Date.now();
         }
@@ -130,12 +107,6 @@ class _Pump {
           this.lastActivity = Date.now();
           continue;
         }
-        const limit = Math.min(this.#credit, _GATHER_BYTES);
-        if (this.#pending.length < limit && !this.#eof) {
-          await this.#gather(limit);
-          // The receiver may have changed meanwhile: look again.
-          if (this.#closed || this.#sink !== sink || this.#credit <= 0) continue;
-        }
         const n = Math.min(this.#credit, this.#pending.length);
         sink.data(this.name, this.#pending.subarray(0, n));
         this.#credit -= n;
@@ -152,9 +123,9 @@ class _Pump {
 /** Options for {@linkcode RunStreams}. */
 export interface RunStreamsOptions {
   /** The application's stdout, and bytes of it already read. */
-  stdout: { reader: ReadableStreamDefaultReader<Uint8Array>; first: Uint8Array | null };
+  stdout: { reader: Gatherer; first: Uint8Array | null };
   /** Its stderr. */
-  stderr: ReadableStreamDefaultReader<Uint8Array>;
+  stderr: Gatherer;
   /** Its stdin, when the manager feeds it. */
   stdin: WritableStream<Uint8Array> | null;
 }

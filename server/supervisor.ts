@@ -11,6 +11,7 @@
  */
 
 import { type ExitStatus, signalNumber } from "../protocol/mod.ts";
+import { Gatherer } from "../protocol/read_ahead.ts";
 import { allProcStats, isLive } from "./procfs.ts";
 
 /** The PATH given to every process unless the request sets one. */
@@ -242,8 +243,8 @@ export interface SpawnedProcess {
   exited: Promise<ExitStatus | null>;
   /** The application's streams, when asked for. */
   io: {
-    stdout: { reader: ReadableStreamDefaultReader<Uint8Array>; first: Uint8Array | null };
-    stderr: ReadableStreamDefaultReader<Uint8Array>;
+    stdout: { reader: Gatherer; first: Uint8Array | null };
+    stderr: Gatherer;
     stdin: WritableStream<Uint8Array> | null;
   } | null;
 }
@@ -442,6 +443,7 @@ export async function spawnProcess(req: SpawnRequest): Promise<SpawnedProcess | 
     return { code: "spawn_failed", message: `the ${req.supervisor} supervisor failed to start` };
   }
   let stdoutEnded: Promise<ExitStatus | null>;
+  let out: Gatherer | null = null;
   if (io === "null") {
     // After the pid line: the status line, once the status file is written.
     const rest = first ?? new Uint8Array(0);
@@ -449,7 +451,10 @@ export async function spawnProcess(req: SpawnRequest): Promise<SpawnedProcess | 
       parseStatusLine(tail) ?? fromFile()
     );
   } else {
-    stdoutEnded = reader.closed.then(fromFile);
+    // Streams: the application's output, read without an allocation per read.
+    reader.releaseLock();
+    out = new Gatherer(child.stdout);
+    stdoutEnded = out.ended.then(fromFile);
   }
   const exited = new Promise<ExitStatus | null>((resolve) => {
     // The status file is complete before the supervisor closes its stdout
@@ -461,7 +466,7 @@ export async function spawnProcess(req: SpawnRequest): Promise<SpawnedProcess | 
     stdoutEnded.then((st) => st && resolve(st as ExitStatus), () => {});
     supervisorEnded.then(resolve);
   });
-  if (io === "null") {
+  if (!out) {
     return { pid, pidStart, supervisorPid: child.pid, supervisorStart, exited, io: null };
   }
   return {
@@ -471,8 +476,8 @@ export async function spawnProcess(req: SpawnRequest): Promise<SpawnedProcess | 
     supervisorStart,
     exited,
     io: {
-      stdout: { reader, first },
-      stderr: child.stderr.getReader(),
+      stdout: { reader: out, first },
+      stderr: new Gatherer(child.stderr),
       stdin: req.stdin ? child.stdin : null,
     },
   };

@@ -15,18 +15,16 @@ import { RunStore } from "../server/store.ts";
 import { hasEnded, type Run, RunTable } from "../server/runs.ts";
 import { DEFAULT_POLICY } from "../server/policy.ts";
 import { silentLogger } from "../log/logger.ts";
+import type { Gatherer } from "../protocol/read_ahead.ts";
 
 const helpers = await findHelpers();
 setCatPath(helpers.cat);
 const supervisors: SupervisorKind[] = helpers.perl ? ["perl", "sh"] : ["sh"];
 
-async function _drain(r: ReadableStreamDefaultReader<Uint8Array>, first?: Uint8Array | null) {
+async function _drain(r: Gatherer, first?: Uint8Array | null) {
   let text = first ? new TextDecoder().decode(first) : "";
-  for (;;) {
-    const { value, done } = await r.read();
-    if (done) return text;
-    text += new TextDecoder().decode(value);
-  }
+  for (let c = await r.next(); c; c = await r.next()) text += new TextDecoder().decode(c);
+  return text;
 }
 
 Deno.test("the supervisor reports the pid with its start time, and the exit once it is in the file", async (t) => {
