@@ -447,7 +447,7 @@ export async function spawnProcess(req: SpawnRequest): Promise<SpawnedProcess | 
   if (io === "null") {
     // After the pid line: the status line, once the status file is written.
     const rest = first ?? new Uint8Array(0);
-    stdoutEnded = _untilEnd(reader, child.stdout, rest).then((tail) =>
+    stdoutEnded = _statusLine(reader, child.stdout, rest).then((tail) =>
       parseStatusLine(tail) ?? fromFile()
     );
   } else {
@@ -484,11 +484,14 @@ export async function spawnProcess(req: SpawnRequest): Promise<SpawnedProcess | 
 }
 
 /**
- * Reads a control pipe to its end without keeping a large buffer pending
- * (a default reader allocates 64 KiB per read): a few bytes at a time,
- * through a BYOB reader when the stream offers one.
+ * Reads a control pipe up to its first complete line (the status line, which
+ * the supervisor writes only once the status file holds it: nothing after it
+ * matters, so the pipe is closed then rather than waiting for its end) or its
+ * end, without keeping a large buffer pending (a default reader allocates 64
+ * KiB per read): a few bytes at a time, through a BYOB reader when the stream
+ * offers one.
  */
-async function _untilEnd(
+async function _statusLine(
   reader: ReadableStreamDefaultReader<Uint8Array>,
   stream: ReadableStream<Uint8Array>,
   head: Uint8Array,
@@ -498,12 +501,13 @@ async function _untilEnd(
     reader.releaseLock();
     const byob = stream.getReader({ mode: "byob" });
     let buf = new Uint8Array(32);
-    for (;;) {
+    while (!text.includes("\n")) {
       const { value, done } = await byob.read(buf);
       if (done || !value) break;
       if (text.length < 64) text += new TextDecoder().decode(value);
       buf = new Uint8Array(value.buffer);
     }
+    await byob.cancel();
   } catch {
     // not a byte stream, or the pipe broke: treat as its end
   }
