@@ -117,6 +117,8 @@ export interface ProcMem {
   priv: number;
   /** VmHWM: peak RSS. */
   hwm: number;
+  /** Anonymous memory (heap, stacks: not the program's file pages), from smaps_rollup. */
+  anon: number;
 }
 
 // Reads /proc/*/stat for the process tree, then lists the roots named in
@@ -137,12 +139,12 @@ my @todo = grep { exists $comm{$_} } keys %roots; my %seen;
 while (@todo) {
   my $p = shift @todo; next if $seen{$p}++;
   push @todo, @{$kids{$p} || []};
-  my ($rss, $pss, $priv, $hwm) = (0, 0, 0, 0);
+  my ($rss, $pss, $priv, $hwm, $anon) = (0, 0, 0, 0, 0);
   my $measure = $roots{$p} || $comm{$p} =~ $re;
   if ($measure && open(my $m, "<", "/proc/$p/smaps_rollup")) {
     while (<$m>) {
       $rss = $1 if /^Rss:\s+(\d+)/; $pss = $1 if /^Pss:\s+(\d+)/;
-      $priv += $1 if /^Private_(?:Clean|Dirty):\s+(\d+)/;
+      $priv += $1 if /^Private_(?:Clean|Dirty):\s+(\d+)/; $anon = $1 if /^Anonymous:\s+(\d+)/;
     }
     close($m);
   }
@@ -151,7 +153,7 @@ while (@todo) {
     close($st);
   }
   my $c = $comm{$p}; $c =~ s/\s/_/g;
-  print "$p $ppid{$p} $rss $pss $priv $hwm $c\n";
+  print "$p $ppid{$p} $rss $pss $priv $hwm $anon $c\n";
 }
 `;
 
@@ -169,7 +171,7 @@ export async function processTree(roots: number[], measure = "."): Promise<ProcM
   const list: ProcMem[] = [];
   for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
     const f = line.split(" ");
-    if (f.length < 7) continue;
+    if (f.length < 8) continue;
     list.push({
       pid: Number(f[0]),
       ppid: Number(f[1]),
@@ -177,7 +179,8 @@ export async function processTree(roots: number[], measure = "."): Promise<ProcM
       pss: Number(f[3]),
       priv: Number(f[4]),
       hwm: Number(f[5]),
-      comm: f.slice(6).join(" "),
+      anon: Number(f[6]),
+      comm: f.slice(7).join(" "),
     });
   }
   return list;

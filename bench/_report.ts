@@ -212,11 +212,29 @@ export function renderMarkdown(r: Json): string {
       "",
     );
     const D = M.denoBaseline;
+    if (M.cmapp.idle.daemonAnonKiB) {
+      row(
+        "… of which anonymous (heap, stacks) / the rest (pages of the deno executable and " +
+          "libraries, shared with other Deno processes)",
+        `${mib(M.cmapp.idle.daemonAnonKiB)} / ` +
+          mib(M.cmapp.idle.daemonRssKiB - M.cmapp.idle.daemonAnonKiB),
+        "",
+        "",
+      );
+    }
     if (D) {
       row(
-        "… Deno floor: idle empty script RSS / idle script that only imported cmappserver's " +
-          "modules RSS",
-        `${mib(D.emptyScript?.rssKiB)} / ${mib(D.cmappModulesImported?.rssKiB)}`,
+        "… Deno floor: idle empty script RSS / idle script that only imported node:tls RSS / " +
+          "idle script that only imported cmappserver's modules RSS",
+        `${mib(D.emptyScript?.rssKiB)} / ${mib(D.nodeTlsImported?.rssKiB)} / ` +
+          mib(D.cmappModulesImported?.rssKiB),
+        "",
+        "",
+      );
+      row(
+        "… same, anonymous memory only",
+        `${mib(D.emptyScript?.anonKiB)} / ${mib(D.nodeTlsImported?.anonKiB)} / ` +
+          mib(D.cmappModulesImported?.anonKiB),
         "",
         "",
       );
@@ -272,7 +290,9 @@ export function renderMarkdown(r: Json): string {
   }
   const T = r.throughput?.summary;
   if (T) {
-    const size = `${r.throughput.bytes / 1024 / 1024} MiB`;
+    const reps = r.throughput.reps ?? 1;
+    const size = `${r.throughput.bytes / 1024 / 1024} MiB` +
+      (reps > 1 ? ` (median of ${reps}, interleaved)` : "");
     for (const dir of ["stdout", "stdin"] as const) {
       const c = T[dir]?.cmappmgr?.MBps_median;
       const s = T[dir]?.ssh?.MBps_median;

@@ -22,7 +22,7 @@ const opt = (name: string, dflt: string) => {
 };
 const N = Number(opt("bytes", String(256 * 1024 * 1024)));
 const REPS = Number(opt("reps", "1"));
-const ONLY = opt("only", "tls,api_out,api_in,cli_out,cli_in").split(",");
+const ONLY = opt("only", "tls,tlspipe,api_out,api_in,cli_out,cli_in").split(",");
 const GIB = N / 2 ** 30;
 
 const tmp = await Deno.makeTempDir({ prefix: "cmapp-probe-" });
@@ -157,17 +157,32 @@ async function cli(dir: "stdout" | "stdin"): Promise<Row> {
   };
 }
 
-/** The project's TLS stack alone: a child Deno process writes N bytes in 64 KiB writes. */
-async function rawTls(): Promise<Row> {
+/**
+ * The project's TLS stack alone: a child Deno process writes N bytes in
+ * 64 KiB writes of one buffer ("raw tls"), or (`fromPipe`) each chunk it
+ * reads from a `head -c N /dev/zero` child's stdout, as the daemon reads a
+ * run's output ("tls+pipe"); no cmapp protocol either way.
+ */
+async function rawTls(fromPipe = false): Promise<Row> {
   const script = `${tmp}/rawtls-server.ts`;
   await Deno.writeTextFile(
     script,
     `import { listenTls, loadIdentity, loadTrust } from ${JSON.stringify(`${ROOT}/tls/mod.ts`)};
-const [dir, total] = [Deno.args[0], Number(Deno.args[1])];
+const [dir, total, fromPipe] = [Deno.args[0], Number(Deno.args[1]), Deno.args[2] === "pipe"];
 const l = await listenTls({
   identity: await loadIdentity(dir), trust: await loadTrust(dir), hostname: "127.0.0.1", port: 0,
   handshakeTimeoutMs: 10_000, onHandshakeError: () => {},
-  onSecureConnection: (s) => {
+  onSecureConnection: async (s) => {
+    if (fromPipe) {
+      const head = new Deno.Command("head", { args: ["-c", String(total), "/dev/zero"], stdout: "piped" })
+        .spawn();
+      for await (const c of head.stdout) {
+        if (!s.write(c)) await new Promise((r) => s.once("drain", r));
+      }
+      await head.status;
+      s.end();
+      return;
+    }
     const chunk = new Uint8Array(64 * 1024);
     let sent = 0;
     const pump = () => {
@@ -185,7 +200,7 @@ console.log(l.port);
   );
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-q", "--no-prompt", "--config", `${ROOT}/deno.json`, "-P=cmapp", script]
-      .concat([keys.server, String(N)]),
+      .concat([keys.server, String(N), fromPipe ? "pipe" : "buffer"]),
     stdin: "null",
     stdout: "piped",
     stderr: "null",
@@ -202,6 +217,7 @@ console.log(l.port);
   try {
     const { connectTls, loadIdentity, loadTrust } = await import("../tls/mod.ts");
     const c0 = (await cpuSeconds(Deno.pid, false))!;
+    const s0 = (await cpuSeconds(child.pid))!;
     const t0 = performance.now();
     const { socket } = await connectTls({
       host: "127.0.0.1",
@@ -217,12 +233,14 @@ console.log(l.port);
     });
     const ms = performance.now() - t0;
     const c1 = (await cpuSeconds(Deno.pid, false))!;
+    await delay(200); // head reaped
+    const s1 = (await cpuSeconds(child.pid))!;
     if (got < N) throw new Error(`raw TLS: got ${got} of ${N}`);
     return {
-      what: "raw tls",
+      what: fromPipe ? "tls+pipe" : "raw tls",
       MBps: _mbps(ms),
       clientCpuPerGiB: round((c1 - c0) / GIB, 2),
-      serverCpuPerGiB: NaN,
+      serverCpuPerGiB: round((s1 - s0) / GIB, 2),
     };
   } finally {
     child.kill("SIGTERM");
@@ -356,6 +374,7 @@ try {
       rows.push(await codec(64 * 1024));
     }
     if (ONLY.includes("tls")) rows.push(await rawTls());
+    if (ONLY.includes("tlspipe")) rows.push(await rawTls(true));
     if (ONLY.includes("api_out")) rows.push(await apiOut());
     if (ONLY.includes("api_in")) rows.push(await apiIn());
     if (ONLY.includes("cli_out")) rows.push(await cli("stdout"));

@@ -114,7 +114,8 @@ const P = QUICK
     multiConnections: 10,
     multiRuns: 150,
     streamBytes: 1024 * 1024 * 1024,
-    streamReps: 1,
+    // One GiB is a few seconds: single samples varied by ±15 % between runs.
+    streamReps: 3,
     versionRuns: 30,
   };
 
@@ -455,6 +456,7 @@ function cmappMem(tree: ProcMem[], serverPid: number) {
     daemonRssKiB: daemon?.rss ?? 0,
     daemonPssKiB: daemon?.pss ?? 0,
     daemonPrivKiB: daemon?.priv ?? 0,
+    daemonAnonKiB: daemon?.anon ?? 0,
     supervisors: sups.length,
     supervisorsRssKiB: s("rss"),
     supervisorsPssKiB: s("pss"),
@@ -808,7 +810,9 @@ async function memory(ctx: Ctx): Promise<Json> {
 async function denoBaseline(ctx: Ctx): Promise<Json> {
   const idle = `${ctx.tmp}/idle.js`;
   const imports = `${ctx.tmp}/idle-imports.ts`;
+  const tlsOnly = `${ctx.tmp}/idle-tls.js`;
   await Deno.writeTextFile(idle, "setTimeout(() => {}, 60_000);\n");
+  await Deno.writeTextFile(tlsOnly, 'import "node:tls";\nsetTimeout(() => {}, 60_000);\n');
   await Deno.writeTextFile(
     imports,
     `import * as s from ${JSON.stringify(`${ROOT}/server/mod.ts`)};\n` +
@@ -830,10 +834,16 @@ async function denoBaseline(ctx: Ctx): Promise<Json> {
     );
     child.kill("SIGKILL");
     await child.status;
-    return { rssKiB: m?.rss ?? null, pssKiB: m?.pss ?? null, privKiB: m?.priv ?? null };
+    return {
+      rssKiB: m?.rss ?? null,
+      pssKiB: m?.pss ?? null,
+      privKiB: m?.priv ?? null,
+      anonKiB: m?.anon ?? null,
+    };
   };
   return {
     emptyScript: await one(["run", "-q", "--no-config", idle]),
+    nodeTlsImported: await one(["run", "-q", "--no-config", tlsOnly]),
     cmappModulesImported: await one([
       "run",
       "-q",
