@@ -461,3 +461,104 @@ export function reportFigures(name: string, figures: Record<string, unknown>): v
   const out = Deno.env.get("CMAPP_RELIABILITY_OUT");
   if (out) Deno.writeTextFileSync(out, line + "\n", { append: true });
 }
+
+/** Resolves after `ms` milliseconds. */
+export function delay(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Non-empty lines of a file (0 when it does not exist): counter files. */
+export async function countLines(path: string): Promise<number> {
+  const text = await Deno.readTextFile(path).catch(() => "");
+  return text.split("\n").filter((l) => l !== "").length;
+}
+
+/**
+ * A shell command that appends a line to `counter`, waits for the file
+ * `marker` (looking every `pollSeconds`, no busy loop), then exits `code`;
+ * `extra` are its positional arguments (they make the command line differ).
+ */
+export function waiter(
+  counter: string,
+  marker: string,
+  code: number,
+  pollSeconds = 0.05,
+  ...extra: string[]
+): string[] {
+  return [
+    "/bin/sh",
+    "-c",
+    `echo started >> ${counter}; while [ ! -e ${marker} ]; do sleep ${pollSeconds}; done; exit ${code}`,
+    "waiter",
+    ...extra,
+  ];
+}
+
+/**
+ * Everything a test starts against real cmappserver processes, so that
+ * `cleanup` ends it all: cmappmgr processes, servers, every application
+ * recorded in the state directory (and its supervisor) or added to `pids`,
+ * and the temporary directories. Tests extend it with what else they start
+ * ({@linkcode ServerFixture.endOthers}).
+ */
+export class ServerFixture {
+  readonly keys: KeyPair;
+  readonly servers: ServerProcess[] = [];
+  readonly mgrs: MgrProcess[] = [];
+  readonly pids = new Set<number>();
+
+  constructor(keys: KeyPair) {
+    this.keys = keys;
+  }
+
+  /** A fixture with fresh keys. */
+  static async create<T extends ServerFixture>(this: new (keys: KeyPair) => T): Promise<T> {
+    return new this(await makeKeys());
+  }
+
+  /** A scratch directory for marker and counter files. */
+  get dir(): string {
+    return this.keys.root.path;
+  }
+
+  /** The state directory every server of this fixture uses. */
+  get stateDir(): string {
+    return `${this.keys.root.path}/state`;
+  }
+
+  /** Starts a cmappserver on the fixture's state directory. */
+  async server(...extra: string[]): Promise<ServerProcess> {
+    const s = await startServerProcess(this.keys.server, ["-statedir", this.stateDir, ...extra]);
+    this.servers.push(s);
+    return s;
+  }
+
+  /** Starts cmappmgr with `args` in the background; `cleanup` ends it. */
+  startMgr(args: string[]): MgrProcess {
+    const m = startMgrProcess(args);
+    this.mgrs.push(m);
+    return m;
+  }
+
+  /** SIGKILL to a cmappserver; waits until it is gone. */
+  async crash(server: ServerProcess): Promise<void> {
+    Deno.kill(server.pid, "SIGKILL");
+    await server.stop().catch(() => {});
+    if (await running(server.pid)) throw new Error(`cmappserver ${server.pid} survived SIGKILL`);
+  }
+
+  /** What a subclass must end after the managers and before the runs and servers. */
+  protected endOthers(): void | Promise<void> {}
+
+  /** Ends everything the test started. */
+  async cleanup(): Promise<void> {
+    await Promise.all(this.mgrs.map((m) => m.kill()));
+    await this.endOthers();
+    try {
+      await reapRuns([this.stateDir], this.pids);
+    } finally {
+      for (const s of this.servers) await s.stop().catch(() => {});
+      await this.keys.root.cleanup();
+    }
+  }
+}

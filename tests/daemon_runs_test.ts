@@ -7,19 +7,17 @@
 // tests below guard that.
 import assert from "node:assert/strict";
 import {
+  countLines,
   eventually,
-  type KeyPair,
   killGroup,
-  makeKeys,
   members,
   mgrArgs,
-  type MgrResult,
+  type MgrProcess,
   processes,
-  programCommand,
-  reapRuns,
   running,
+  ServerFixture,
   type ServerProcess,
-  startServerProcess,
+  waiter,
 } from "./_harness.ts";
 import { type Client, connect, LaunchError } from "../manager/mod.ts";
 import { loadIdentity, loadTrust } from "../tls/mod.ts";
@@ -33,79 +31,9 @@ async function leadersMentioning(token: string): Promise<number[]> {
   ).map((p) => p.pid);
 }
 
-async function lines(path: string): Promise<number> {
-  const text = await Deno.readTextFile(path).catch(() => "");
-  return text.split("\n").filter((l) => l !== "").length;
-}
-
-/** A cmappmgr running in the background. */
-interface Mgr {
-  result: Promise<MgrResult>;
-  kill(): Promise<void>;
-}
-
-function startMgr(args: string[]): Mgr {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [...programCommand("cmappmgr"), ...args],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let done = false;
-  const d = new TextDecoder();
-  const result = child.output().then((out) => {
-    done = true;
-    return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
-  });
-  return {
-    result,
-    async kill() {
-      if (!done) {
-        try {
-          child.kill("SIGKILL");
-        } catch {
-          // already gone
-        }
-      }
-      await result.catch(() => {});
-    },
-  };
-}
-
-/**
- * Everything one test starts, so that `cleanup` can end it all: cmappmgr
- * processes, clients, servers, every application recorded in the state
- * directory (and its supervisor), and the temporary directories.
- */
-class Fixture {
-  readonly keys: KeyPair;
-  readonly servers: ServerProcess[] = [];
-  readonly mgrs: Mgr[] = [];
+/** A server fixture with client-API connections too (closed by `cleanup`). */
+class Fixture extends ServerFixture {
   readonly clients: Client[] = [];
-  readonly pids = new Set<number>();
-
-  private constructor(keys: KeyPair) {
-    this.keys = keys;
-  }
-
-  static async create(): Promise<Fixture> {
-    return new Fixture(await makeKeys());
-  }
-
-  /** A scratch directory for marker and counter files. */
-  get dir(): string {
-    return this.keys.root.path;
-  }
-
-  get stateDir(): string {
-    return `${this.keys.root.path}/state`;
-  }
-
-  async server(...extra: string[]): Promise<ServerProcess> {
-    const s = await startServerProcess(this.keys.server, ["-statedir", this.stateDir, ...extra]);
-    this.servers.push(s);
-    return s;
-  }
 
   async client(server: ServerProcess): Promise<Client> {
     const c = await connect({
@@ -119,10 +47,8 @@ class Fixture {
   }
 
   /** Starts cmappmgr against `server` in the background. */
-  mgr(server: ServerProcess, ...args: string[]): Mgr {
-    const m = startMgr(mgrArgs(this.keys, server, "-poll_interval", "0.1", ...args));
-    this.mgrs.push(m);
-    return m;
+  mgr(server: ServerProcess, ...args: string[]): MgrProcess {
+    return this.startMgr(mgrArgs(this.keys, server, "-poll_interval", "0.1", ...args));
   }
 
   /** The run record the server wrote for run `id`. */
@@ -130,18 +56,10 @@ class Fixture {
     return JSON.parse(await Deno.readTextFile(`${this.stateDir}/runs/${id}.json`));
   }
 
-  async cleanup(): Promise<void> {
-    await Promise.all(this.mgrs.map((m) => m.kill()));
+  protected override async endOthers(): Promise<void> {
     for (const c of this.clients) {
       c.close();
       await c.closed;
-    }
-    // Every application recorded, and every one we were told of.
-    try {
-      await reapRuns([this.stateDir], this.pids);
-    } finally {
-      for (const s of this.servers) await s.stop().catch(() => {});
-      await this.keys.root.cleanup();
     }
   }
 }
@@ -165,24 +83,6 @@ function waitExit(c: Client, run: string): Promise<ExitStatus> {
   return exit;
 }
 
-/** Kills cmappserver with SIGKILL and waits until it is gone. */
-async function crash(server: ServerProcess): Promise<void> {
-  Deno.kill(server.pid, "SIGKILL");
-  await server.stop().catch(() => {});
-  assert.ok(!(await running(server.pid)));
-}
-
-/** A shell command that appends to `counter`, waits for `marker`, then exits `code`. */
-function waiter(counter: string, marker: string, code: number, ...extra: string[]): string[] {
-  return [
-    "/bin/sh",
-    "-c",
-    `echo started >> ${counter}; while [ ! -e ${marker} ]; do sleep 0.05; done; exit ${code}`,
-    "waiter",
-    ...extra,
-  ];
-}
-
 Deno.test("two cmappmgr with one -service_name share one process and both get its exit", async () => {
   const f = await Fixture.create();
   try {
@@ -199,7 +99,7 @@ Deno.test("two cmappmgr with one -service_name share one process and both get it
     assert.equal(runs[0].state, "running");
     const first = runs[0].run;
     f.pids.add(runs[0].pid);
-    await eventually("the application to start", async () => await lines(counter) === 1);
+    await eventually("the application to start", async () => await countLines(counter) === 1);
     assert.deepEqual(await leadersMentioning(counter), [runs[0].pid]);
     assert.equal(server.log().match(/started run \S+ \(svc\)/g)?.length, 1, server.log());
 
@@ -207,12 +107,12 @@ Deno.test("two cmappmgr with one -service_name share one process and both get it
     const [ra, rb] = await Promise.all([a.result, b.result]);
     assert.equal(ra.code, 7, ra.stderr);
     assert.equal(rb.code, 7, rb.stderr);
-    assert.equal(await lines(counter), 1);
+    assert.equal(await countLines(counter), 1);
 
     // Both received it, so the name is free: the next launch starts a new run.
     const third = await f.mgr(server, "-service_name", "svc", "--", ...argv).result;
     assert.equal(third.code, 7, third.stderr);
-    assert.equal(await lines(counter), 2);
+    assert.equal(await countLines(counter), 2);
     const after = (await c.list()).filter((r) => r.name === "svc");
     assert.equal(after.length, 2, JSON.stringify(after));
     assert.ok(after.some((r) => r.run === first));
@@ -231,13 +131,16 @@ Deno.test("without -service_name the same command attaches to itself, another do
     const counter = `${f.dir}/counter`;
     const marker = `${f.dir}/go`;
     const argv = waiter(counter, marker, 3);
-    const other = waiter(counter, marker, 3, "other-argument");
+    const other = waiter(counter, marker, 3, 0.05, "other-argument");
     const a = f.mgr(server, "--", ...argv);
     await server.waitForLog(/started run/);
     const b = f.mgr(server, "--", ...argv);
     await server.waitForLog(/attached to run/);
     const c = f.mgr(server, "--", ...other);
-    await eventually("the second application to start", async () => await lines(counter) === 2);
+    await eventually(
+      "the second application to start",
+      async () => await countLines(counter) === 2,
+    );
 
     const client = await f.client(server);
     let list = await client.list();
@@ -260,7 +163,7 @@ Deno.test("without -service_name the same command attaches to itself, another do
       const r = await m.result;
       assert.equal(r.code, 3, r.stderr);
     }
-    assert.equal(await lines(counter), 2);
+    assert.equal(await countLines(counter), 2);
   } finally {
     await f.cleanup();
   }
@@ -278,7 +181,7 @@ Deno.test("an exit status survives a restart of cmappserver and is handed to the
     f.pids.add(r.pid);
     assert.equal(r.attached, false);
     assert.equal(r.name, "survivor");
-    await eventually("the application to start", async () => await lines(counter) === 1);
+    await eventually("the application to start", async () => await countLines(counter) === 1);
     assert.equal(await first.stop(), 0);
     await c.closed;
     assert.ok(await running(r.pid), "the application must outlive cmappserver");
@@ -296,14 +199,14 @@ Deno.test("an exit status survives a restart of cmappserver and is handed to the
     const second = await f.server();
     const attach = await f.mgr(second, "-service_name", "survivor", "--", ...argv).result;
     assert.equal(attach.code, 9, attach.stderr);
-    assert.equal(await lines(counter), 1, "a second copy was started");
+    assert.equal(await countLines(counter), 1, "a second copy was started");
     assert.match(second.log(), new RegExp(`attached to run ${r.run} \\(survivor\\)`));
     assert.doesNotMatch(second.log(), /started run/);
 
     // Delivered now: the next launch under the name starts a new run.
     const again = await f.mgr(second, "-service_name", "survivor", "--", ...argv).result;
     assert.equal(again.code, 9, again.stderr);
-    assert.equal(await lines(counter), 2);
+    assert.equal(await countLines(counter), 2);
     const started = /started run (\S+) \(survivor\)/.exec(second.log());
     assert.ok(started, second.log());
     assert.notEqual(started[1], r.run);
@@ -322,7 +225,7 @@ Deno.test({
       const c1 = await f.client(first);
       const r = await c1.launch(waiter(`${f.dir}/counter`, marker, 5), { name: "crashy" });
       f.pids.add(r.pid);
-      await crash(first);
+      await f.crash(first);
       await c1.closed;
       assert.ok(await running(r.pid), "the application died with cmappserver");
 
@@ -484,7 +387,7 @@ Deno.test("a supervisor pid reused by another process does not keep a dead run w
     const recordFile = `${f.stateDir}/runs/${r.run}.json`;
     const rec = JSON.parse(await Deno.readTextFile(recordFile));
     assert.equal(typeof rec.supervisorStart, "number");
-    await crash(first);
+    await f.crash(first);
     await c1.closed;
     Deno.kill(rec.supervisorPid, "SIGKILL");
     await eventually("the supervisor to die", async () => !(await running(rec.supervisorPid)));
@@ -513,7 +416,7 @@ Deno.test("a run that ended with nobody to record it is reported lost (207)", as
     f.pids.add(r.pid);
     const rec = await f.record(r.run);
     assert.equal(rec.pid, r.pid);
-    await crash(first);
+    await f.crash(first);
     await c1.closed;
     // The supervisor first, so that nobody sees the application end.
     Deno.kill(rec.supervisorPid, "SIGKILL");

@@ -8,20 +8,19 @@
 // (time to detect, runs survived) are printed for RELIABILITY.md.
 import assert from "node:assert/strict";
 import {
+  countLines,
   countMatches,
+  delay,
   eventually,
-  type KeyPair,
   killGroup,
-  makeKeys,
   type MgrProcess,
   type MgrResult,
-  reapRuns,
   reportFigures,
   running,
+  ServerFixture,
   type ServerProcess,
-  startMgrProcess,
-  startServerProcess,
   summarize,
+  waiter,
   within,
 } from "./_harness.ts";
 import { MGR_EXIT } from "../cli/exit_codes.ts";
@@ -29,42 +28,12 @@ import { MGR_EXIT } from "../cli/exit_codes.ts";
 /** The issue's bound on detection: the manager's timeout plus this. */
 const SLACK_MS = 2000;
 
-function delay(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-/** Everything a test starts, so that `cleanup` ends it all. */
-class Fixture {
-  readonly keys: KeyPair;
-  readonly servers: ServerProcess[] = [];
-  readonly mgrs: MgrProcess[] = [];
-  readonly pids = new Set<number>();
+/** A server fixture that can also freeze servers (thawed again by `cleanup`). */
+class Fixture extends ServerFixture {
   readonly frozen = new Set<number>();
 
-  private constructor(keys: KeyPair) {
-    this.keys = keys;
-  }
-
-  static async create(): Promise<Fixture> {
-    return new Fixture(await makeKeys());
-  }
-
-  get dir(): string {
-    return this.keys.root.path;
-  }
-
-  get stateDir(): string {
-    return `${this.keys.root.path}/state`;
-  }
-
-  async server(...extra: string[]): Promise<ServerProcess> {
-    const s = await startServerProcess(this.keys.server, ["-statedir", this.stateDir, ...extra]);
-    this.servers.push(s);
-    return s;
-  }
-
   mgr(server: ServerProcess, ...args: string[]): MgrProcess {
-    const m = startMgrProcess([
+    return this.startMgr([
       "-node",
       "127.0.0.1",
       "-port",
@@ -75,8 +44,6 @@ class Fixture {
       "no",
       ...args,
     ]);
-    this.mgrs.push(m);
-    return m;
   }
 
   freeze(server: ServerProcess): void {
@@ -89,14 +56,7 @@ class Fixture {
     this.frozen.delete(server.pid);
   }
 
-  /** SIGKILL to cmappserver; waits until it is gone. */
-  async crash(server: ServerProcess): Promise<void> {
-    Deno.kill(server.pid, "SIGKILL");
-    await server.stop().catch(() => {});
-    assert.ok(!(await running(server.pid)));
-  }
-
-  async cleanup(): Promise<void> {
+  protected override endOthers(): void {
     for (const pid of this.frozen) {
       try {
         Deno.kill(pid, "SIGCONT");
@@ -104,28 +64,12 @@ class Fixture {
         // gone
       }
     }
-    await Promise.all(this.mgrs.map((m) => m.kill()));
-    try {
-      await reapRuns([this.stateDir], this.pids);
-    } finally {
-      for (const s of this.servers) await s.stop().catch(() => {});
-      await this.keys.root.cleanup();
-    }
   }
 }
 
-/** A shell command: appends to `counter`, waits for `marker`, exits `code` (no busy loop). */
-function waiter(counter: string, marker: string, code: number): string[] {
-  return [
-    "/bin/sh",
-    "-c",
-    `echo started >> ${counter}; while [ ! -e ${marker} ]; do sleep 0.3; done; exit ${code}`,
-  ];
-}
-
-async function lines(path: string): Promise<number> {
-  const text = await Deno.readTextFile(path).catch(() => "");
-  return text.split("\n").filter((l) => l !== "").length;
+/** A shell command: appends to `counter`, waits for `marker`, exits `code` (0.3 s polls: 30 at once). */
+function slowWaiter(counter: string, marker: string, code: number): string[] {
+  return waiter(counter, marker, code, 0.3);
 }
 
 /** Waits until the server has logged `re` at least `n` times. */
@@ -186,7 +130,7 @@ Deno.test({
       const first = await f.server();
       const name = (i: number) => `crash-${i}`;
       const code = (i: number) => 10 + i;
-      const argv = (i: number) => waiter(`${f.dir}/counter-${i}`, `${f.dir}/go-${i}`, code(i));
+      const argv = (i: number) => slowWaiter(`${f.dir}/counter-${i}`, `${f.dir}/go-${i}`, code(i));
       const follow = (server: ServerProcess, i: number) =>
         f.mgr(
           server,
@@ -284,7 +228,7 @@ Deno.test({
       });
       // No second copy of anything.
       assert.equal(countMatches(second.log(), /started run/), 0, second.log());
-      for (let i = 0; i < RUNS; i++) assert.equal(await lines(`${f.dir}/counter-${i}`), 1);
+      for (let i = 0; i < RUNS; i++) assert.equal(await countLines(`${f.dir}/counter-${i}`), 1);
       const d = summarize(delays);
       reportFigures("server-kill-9", {
         runs: RUNS,
@@ -311,7 +255,7 @@ Deno.test({
       const server = await f.server();
       const counter = `${f.dir}/counter`;
       const marker = `${f.dir}/go`;
-      const argv = waiter(counter, marker, 42);
+      const argv = slowWaiter(counter, marker, 42);
       const follow = () =>
         f.mgr(
           server,
@@ -345,7 +289,7 @@ Deno.test({
       }
       const r = await within(mgr.result, 60_000, "the last cmappmgr to end");
       assert.equal(r.code, 42, r.stderr);
-      assert.equal(await lines(counter), 1, "a second copy was started");
+      assert.equal(await countLines(counter), 1, "a second copy was started");
       assert.equal(countMatches(server.log(), /started run/), 1, server.log());
       assert.equal(
         countMatches(server.log(), new RegExp(`attached to run ${run} \\(phoenix\\)`)),
@@ -385,7 +329,7 @@ Deno.test({
           "-service_name",
           `${prefix}-${i}`,
           "--",
-          ...waiter(`${f.dir}/counter-${prefix}-${i}`, `${f.dir}/go-${prefix}-${i}`, code),
+          ...slowWaiter(`${f.dir}/counter-${prefix}-${i}`, `${f.dir}/go-${prefix}-${i}`, code),
         );
       const following = async (prefix: string) => {
         await logged(server, new RegExp(`started run \\S+ \\(${prefix}-`), FROZEN);

@@ -11,6 +11,7 @@
 // CMAPP_LOAD_MANAGERS changes the number of managers (default 200).
 import assert from "node:assert/strict";
 import {
+  delay,
   makeKeys,
   reapRuns,
   reportFigures,
@@ -25,10 +26,6 @@ import type { ExitStatus } from "../protocol/mod.ts";
 const SECONDS = Number(Deno.env.get("CMAPP_LOAD_SECONDS") ?? 60);
 const MANAGERS = Number(Deno.env.get("CMAPP_LOAD_MANAGERS") ?? 200);
 const POLL_MS = 100;
-
-function delay(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
 
 /** One launched run as a manager saw it. */
 interface Seen {

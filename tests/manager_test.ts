@@ -9,6 +9,7 @@
 // timeout, after the guest has been frozen for a while.
 import assert from "node:assert/strict";
 import {
+  delay,
   eventually,
   type KeyPair,
   killGroup,
@@ -30,10 +31,6 @@ import { type Client, connect } from "../manager/mod.ts";
 import { generateIdentity, loadIdentity, loadTrust } from "../tls/mod.ts";
 
 // ---------------------------------------------------------------- helpers
-
-function delay(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
 
 /** A port with nothing listening on it. */
 function deadPort(): number {

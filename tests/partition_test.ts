@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import {
   countMatches,
+  delay,
   eventually,
   type KeyPair,
   makeKeys,
@@ -23,10 +24,6 @@ import {
 } from "./_harness.ts";
 import { Relay } from "./_relay.ts";
 import { MGR_EXIT } from "../cli/exit_codes.ts";
-
-function delay(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
 
 /** One server, one relay in front of it, and what the test starts through them. */
 class Fixture {
