@@ -7,7 +7,7 @@
  */
 
 import { trust, writeIdentity } from "../tests/_harness.ts";
-import { programCommand } from "../tools/_programs.ts";
+import { programCommand, ROOT, scriptCommand } from "../tools/_programs.ts";
 import { type Client, connect } from "../manager/mod.ts";
 import { type Identity, loadIdentity, loadTrust, type TrustStore } from "../tls/mod.ts";
 import { delay } from "./_lib.ts";
@@ -142,4 +142,54 @@ export function mgrArgs(
 /** A shell word, quoted for sh. */
 export function shq(s: string): string {
   return /^[A-Za-z0-9_./=:@%+-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
+}
+
+/** A running `bench/_tls_sender.ts`. */
+export interface TlsSender {
+  /** Its TLS port on 127.0.0.1. */
+  port: number;
+  /** Its process (for CPU figures). */
+  child: Deno.ChildProcess;
+  /** Ends it. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts `bench/_tls_sender.ts` with the server keys of `keys`: every
+ * connection to it gets `bytes` bytes, from one buffer or through a pipe.
+ */
+export async function startTlsSender(
+  keys: CmappKeys,
+  bytes: number,
+  mode: "buffer" | "pipe" = "buffer",
+): Promise<TlsSender> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: scriptCommand(`${ROOT}/bench/_tls_sender.ts`, keys.server, String(bytes), mode),
+    stdin: "null",
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  const reader = child.stdout.getReader();
+  let text = "";
+  while (!text.includes("\n")) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += new TextDecoder().decode(value);
+  }
+  reader.releaseLock();
+  child.stdout.cancel().catch(() => {});
+  const stop = async () => {
+    try {
+      child.kill("SIGTERM");
+    } catch {
+      // gone
+    }
+    await child.status;
+  };
+  const port = Number(text.trim());
+  if (!Number.isInteger(port) || port <= 0) {
+    await stop();
+    throw new Error("the TLS sender did not start");
+  }
+  return { port, child, stop };
 }

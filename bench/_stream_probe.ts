@@ -10,7 +10,14 @@
  * @module
  */
 
-import { cmappClient, makeCmappKeys, mgrArgs, shq, startCmappServer } from "./_cmapp.ts";
+import {
+  cmappClient,
+  makeCmappKeys,
+  mgrArgs,
+  shq,
+  startCmappServer,
+  startTlsSender,
+} from "./_cmapp.ts";
 import { cpuSeconds, delay, processTree, round } from "./_lib.ts";
 import { ROOT } from "../tools/_programs.ts";
 import { shellExitCode } from "../protocol/mod.ts";
@@ -164,56 +171,8 @@ async function cli(dir: "stdout" | "stdin"): Promise<Row> {
  * run's output ("tls+pipe"); no cmapp protocol either way.
  */
 async function rawTls(fromPipe = false): Promise<Row> {
-  const script = `${tmp}/rawtls-server.ts`;
-  await Deno.writeTextFile(
-    script,
-    `import { listenTls, loadIdentity, loadTrust } from ${JSON.stringify(`${ROOT}/tls/mod.ts`)};
-const [dir, total, fromPipe] = [Deno.args[0], Number(Deno.args[1]), Deno.args[2] === "pipe"];
-const l = await listenTls({
-  identity: await loadIdentity(dir), trust: await loadTrust(dir), hostname: "127.0.0.1", port: 0,
-  handshakeTimeoutMs: 10_000, onHandshakeError: () => {},
-  onSecureConnection: async (s) => {
-    if (fromPipe) {
-      const head = new Deno.Command("head", { args: ["-c", String(total), "/dev/zero"], stdout: "piped" })
-        .spawn();
-      for await (const c of head.stdout) {
-        if (!s.write(c)) await new Promise((r) => s.once("drain", r));
-      }
-      await head.status;
-      s.end();
-      return;
-    }
-    const chunk = new Uint8Array(64 * 1024);
-    let sent = 0;
-    const pump = () => {
-      while (sent < total) {
-        sent += chunk.length;
-        if (!s.write(chunk)) return void s.once("drain", pump);
-      }
-      s.end();
-    };
-    pump();
-  },
-});
-console.log(l.port);
-`,
-  );
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-q", "--no-prompt", "--config", `${ROOT}/deno.json`, "-P=cmapp", script]
-      .concat([keys.server, String(N), fromPipe ? "pipe" : "buffer"]),
-    stdin: "null",
-    stdout: "piped",
-    stderr: "null",
-  }).spawn();
-  const reader = child.stdout.getReader();
-  let text = "";
-  while (!text.includes("\n")) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    text += new TextDecoder().decode(value);
-  }
-  reader.releaseLock();
-  child.stdout.cancel().catch(() => {});
+  const sender = await startTlsSender(keys, N, fromPipe ? "pipe" : "buffer");
+  const child = sender.child;
   try {
     const { connectTls, loadIdentity, loadTrust } = await import("../tls/mod.ts");
     const c0 = (await cpuSeconds(Deno.pid, false))!;
@@ -221,7 +180,7 @@ console.log(l.port);
     const t0 = performance.now();
     const { socket } = await connectTls({
       host: "127.0.0.1",
-      port: Number(text.trim()),
+      port: sender.port,
       identity: await loadIdentity(keys.manager),
       trust: await loadTrust(keys.manager),
       timeoutMs: 10_000,
@@ -243,8 +202,7 @@ console.log(l.port);
       serverCpuPerGiB: round((s1 - s0) / GIB, 2),
     };
   } finally {
-    child.kill("SIGTERM");
-    await child.status;
+    await sender.stop();
   }
 }
 

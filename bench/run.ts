@@ -31,7 +31,7 @@
 
 import type { Client } from "../manager/mod.ts";
 import { PROTOCOL_VERSION, shellExitCode, SOFTWARE_VERSION } from "../protocol/mod.ts";
-import { programCommand, ROOT } from "../tools/_programs.ts";
+import { programCommand, ROOT, scriptCommand } from "../tools/_programs.ts";
 import { DEFAULT_PATH, findHelpers, resolveProgram, spawnProcess } from "../server/supervisor.ts";
 import {
   cmappClient,
@@ -41,6 +41,7 @@ import {
   mgrArgs,
   shq,
   startCmappServer,
+  startTlsSender,
 } from "./_cmapp.ts";
 import {
   capture,
@@ -844,15 +845,7 @@ async function denoBaseline(ctx: Ctx): Promise<Json> {
   return {
     emptyScript: await one(["run", "-q", "--no-config", idle]),
     nodeTlsImported: await one(["run", "-q", "--no-config", tlsOnly]),
-    cmappModulesImported: await one([
-      "run",
-      "-q",
-      "--no-prompt",
-      "--config",
-      `${ROOT}/deno.json`,
-      "-P=cmapp",
-      imports,
-    ]),
+    cmappModulesImported: await one(scriptCommand(imports)),
   };
 }
 
@@ -921,56 +914,8 @@ async function sshSessionMemory(ctx: Ctx, mux: boolean): Promise<Json> {
  * Deno process to the harness, with no cmapp protocol, framing or flow control.
  */
 async function rawTls(ctx: Ctx, n: number): Promise<Json> {
-  const script = `${ctx.tmp}/rawtls-server.ts`;
-  await Deno.writeTextFile(
-    script,
-    `import { listenTls, loadIdentity, loadTrust } from ${JSON.stringify(`${ROOT}/tls/mod.ts`)};
-const [dir, total] = [Deno.args[0], Number(Deno.args[1])];
-const l = await listenTls({
-  identity: await loadIdentity(dir), trust: await loadTrust(dir), hostname: "127.0.0.1", port: 0,
-  handshakeTimeoutMs: 10_000, onHandshakeError: () => {},
-  onSecureConnection: (s) => {
-    const chunk = new Uint8Array(64 * 1024);
-    let sent = 0;
-    const pump = () => {
-      while (sent < total) {
-        sent += chunk.length;
-        if (!s.write(chunk)) return void s.once("drain", pump);
-      }
-      s.end();
-    };
-    pump();
-  },
-});
-console.log(l.port);
-`,
-  );
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-q",
-      "--no-prompt",
-      "--config",
-      `${ROOT}/deno.json`,
-      "-P=cmapp",
-      script,
-      ctx.keys.server,
-      String(n),
-    ],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "null",
-  }).spawn();
-  const reader = child.stdout.getReader();
-  let text = "";
-  while (!text.includes("\n")) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    text += new TextDecoder().decode(value);
-  }
-  reader.releaseLock();
-  child.stdout.cancel().catch(() => {});
-  const port = Number(text.trim());
+  const sender = await startTlsSender(ctx.keys, n);
+  const port = sender.port;
   try {
     const { connectTls, loadIdentity, loadTrust } = await import("../tls/mod.ts");
     const out: number[] = [];
@@ -995,8 +940,7 @@ console.log(l.port);
     }
     return { bytes: n, MBps: out, MBps_median: round(quantile(out.sort((a, b) => a - b), 0.5)) };
   } finally {
-    child.kill("SIGTERM");
-    await child.status;
+    await sender.stop();
   }
 }
 

@@ -9,22 +9,21 @@
 export const ROOT: string = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 
 /**
+ * Arguments for `Deno.execPath()` that run `script` (and `args`) with the
+ * project's config and permission set (`-P=cmapp` from deno.json), as the
+ * tasks do.
+ */
+export function scriptCommand(script: string, ...args: string[]): string[] {
+  return ["run", "-q", "--no-prompt", "--config", `${ROOT}/deno.json`, "-P=cmapp", script, ...args];
+}
+
+/**
  * Arguments for `Deno.execPath()` that run one of our programs with the
- * project's permission set (`-P=cmapp` from deno.json). With
- * CMAPP_BUNDLE_DIR set, the bundles in that directory are run instead.
+ * project's permission set. With CMAPP_BUNDLE_DIR set, the bundles in that
+ * directory are run instead (with `--cached-only`: no downloads).
  */
 export function programCommand(program: "cmappserver" | "cmappmgr"): string[] {
   const bundleDir = Deno.env.get("CMAPP_BUNDLE_DIR");
-  const entry = bundleDir ? `${bundleDir}/${program}.js` : `${ROOT}/cli/${program}.ts`;
-  const cached = bundleDir ? ["--cached-only"] : [];
-  return [
-    "run",
-    "-q",
-    "--no-prompt",
-    "--config",
-    `${ROOT}/deno.json`,
-    "-P=cmapp",
-    ...cached,
-    entry,
-  ];
+  if (!bundleDir) return scriptCommand(`${ROOT}/cli/${program}.ts`);
+  return scriptCommand("--cached-only", `${bundleDir}/${program}.js`);
 }
