@@ -65,6 +65,17 @@ class Fixture extends ServerFixture {
 }
 
 /**
+ * Kills a run's supervisor, then the application, while no cmappserver
+ * watches: nobody records how it ended.
+ */
+async function killBehindItsBack(supervisorPid: number, pid: number): Promise<void> {
+  Deno.kill(supervisorPid, "SIGKILL");
+  await eventually("the supervisor to die", async () => !(await running(supervisorPid)));
+  killGroup(pid);
+  await eventually("the application to die", async () => !(await running(pid)));
+}
+
+/**
  * The run's exit, or a failure when the connection closes first (a server
  * that died must fail the test, not leave it waiting with its cleanup undone).
  */
@@ -389,10 +400,7 @@ Deno.test("a supervisor pid reused by another process does not keep a dead run w
     assert.equal(typeof rec.supervisorStart, "number");
     await f.crash(first);
     await c1.closed;
-    Deno.kill(rec.supervisorPid, "SIGKILL");
-    await eventually("the supervisor to die", async () => !(await running(rec.supervisorPid)));
-    killGroup(r.pid);
-    await eventually("the application to die", async () => !(await running(r.pid)));
+    await killBehindItsBack(rec.supervisorPid, r.pid);
     // As if the kernel had given the supervisor's pid to an unrelated process.
     await Deno.writeTextFile(recordFile, JSON.stringify({ ...rec, supervisorPid: impostor.pid }));
 
@@ -419,10 +427,7 @@ Deno.test("a run that ended with nobody to record it is reported lost (207)", as
     await f.crash(first);
     await c1.closed;
     // The supervisor first, so that nobody sees the application end.
-    Deno.kill(rec.supervisorPid, "SIGKILL");
-    await eventually("the supervisor to die", async () => !(await running(rec.supervisorPid)));
-    killGroup(r.pid);
-    await eventually("the application to die", async () => !(await running(r.pid)));
+    await killBehindItsBack(rec.supervisorPid, r.pid);
 
     const second = await f.server();
     assert.match(second.log(), new RegExp(`run ${r.run} \\(doomed\\).*exit status is unknown`));

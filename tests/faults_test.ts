@@ -13,6 +13,7 @@ import {
   delay,
   eventually,
   killGroup,
+  mgrArgs,
   type MgrProcess,
   type MgrResult,
   reportFigures,
@@ -33,17 +34,33 @@ class Fixture extends ServerFixture {
   readonly frozen = new Set<number>();
 
   mgr(server: ServerProcess, ...args: string[]): MgrProcess {
-    return this.startMgr([
-      "-node",
-      "127.0.0.1",
-      "-port",
-      String(server.port),
-      "-keydir",
-      this.keys.manager,
-      "-syslog",
-      "no",
-      ...args,
-    ]);
+    return this.startMgr(mgrArgs(this.keys, server, "-syslog", "no", ...args));
+  }
+
+  /**
+   * cmappmgr following `argv` under `name` (-service_name), polling every
+   * 0.2 s, giving up after `timeout` s; with `hostlog`, logging to
+   * `<dir>/<name>.log`.
+   */
+  follow(
+    server: ServerProcess,
+    name: string,
+    timeout: number,
+    argv: string[],
+    hostlog = true,
+  ): MgrProcess {
+    return this.mgr(
+      server,
+      "-cmappserver_timeout",
+      String(timeout),
+      "-poll_interval",
+      "0.2",
+      ...(hostlog ? ["-hostlogfile", `${this.dir}/${name}.log`] : []),
+      "-service_name",
+      name,
+      "--",
+      ...argv,
+    );
   }
 
   freeze(server: ServerProcess): void {
@@ -132,19 +149,7 @@ Deno.test({
       const code = (i: number) => 10 + i;
       const argv = (i: number) => slowWaiter(`${f.dir}/counter-${i}`, `${f.dir}/go-${i}`, code(i));
       const follow = (server: ServerProcess, i: number) =>
-        f.mgr(
-          server,
-          "-cmappserver_timeout",
-          String(timeout),
-          "-poll_interval",
-          "0.2",
-          "-hostlogfile",
-          `${f.dir}/${name(i)}.log`,
-          "-service_name",
-          name(i),
-          "--",
-          ...argv(i),
-        );
+        f.follow(server, name(i), timeout, argv(i));
       // Started a few at a time, so that on a loaded machine no cmappmgr runs out of its
       // timeout before its first answer; each one has the launch's answer and follows its run.
       const firstMgrs: MgrProcess[] = [];
@@ -256,18 +261,7 @@ Deno.test({
       const counter = `${f.dir}/counter`;
       const marker = `${f.dir}/go`;
       const argv = slowWaiter(counter, marker, 42);
-      const follow = () =>
-        f.mgr(
-          server,
-          "-cmappserver_timeout",
-          "10",
-          "-poll_interval",
-          "0.2",
-          "-service_name",
-          "phoenix",
-          "--",
-          ...argv,
-        );
+      const follow = () => f.follow(server, "phoenix", 10, argv, false);
       let mgr = follow();
       await logged(server, /started run \S+ \(phoenix\)/, 1);
       const { run, pid } = startedRun(server, "phoenix");
@@ -318,18 +312,11 @@ Deno.test({
     try {
       const server = await f.server();
       const follow = (prefix: string, i: number, timeout: number, code: number) =>
-        f.mgr(
+        f.follow(
           server,
-          "-cmappserver_timeout",
-          String(timeout),
-          "-poll_interval",
-          "0.2",
-          "-hostlogfile",
-          `${f.dir}/${prefix}-${i}.log`,
-          "-service_name",
           `${prefix}-${i}`,
-          "--",
-          ...slowWaiter(`${f.dir}/counter-${prefix}-${i}`, `${f.dir}/go-${prefix}-${i}`, code),
+          timeout,
+          slowWaiter(`${f.dir}/counter-${prefix}-${i}`, `${f.dir}/go-${prefix}-${i}`, code),
         );
       const following = async (prefix: string) => {
         await logged(server, new RegExp(`started run \\S+ \\(${prefix}-`), FROZEN);

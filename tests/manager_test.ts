@@ -15,12 +15,13 @@ import {
   killGroup,
   makeKeys,
   members,
+  type MgrProcess,
   type MgrResult,
-  programCommand,
   reapRuns,
   runMgr,
   running,
   type ServerProcess,
+  startMgrProcess,
   startServerProcess,
   trust,
   within,
@@ -38,49 +39,6 @@ function deadPort(): number {
   const port = l.addr.port;
   l.close();
   return port;
-}
-
-/** A cmappmgr child process we can signal. */
-interface Mgr {
-  pid: number;
-  result: Promise<MgrResult>;
-  /** True once it has exited. */
-  readonly done: boolean;
-  signal(sig: Deno.Signal): void;
-  kill(): Promise<void>;
-}
-
-function spawnMgr(args: string[]): Mgr {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [...programCommand("cmappmgr"), ...args],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let done = false;
-  const d = new TextDecoder();
-  const result = child.output().then((out) => {
-    done = true;
-    return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
-  });
-  return {
-    pid: child.pid,
-    result,
-    get done() {
-      return done;
-    },
-    signal: (sig) => child.kill(sig),
-    async kill() {
-      if (!done) {
-        try {
-          child.kill("SIGKILL");
-        } catch {
-          // already gone
-        }
-      }
-      await result.catch(() => {});
-    },
-  };
 }
 
 /**
@@ -211,7 +169,7 @@ class Relay {
 class Fixture {
   readonly keys: KeyPair;
   readonly servers: ServerProcess[] = [];
-  readonly mgrs: Mgr[] = [];
+  readonly mgrs: MgrProcess[] = [];
   readonly clients: Client[] = [];
   readonly relays: Relay[] = [];
   readonly pids = new Set<number>();
@@ -260,8 +218,8 @@ class Fixture {
   }
 
   /** Starts cmappmgr against `port` in the background. */
-  mgr(port: number, ...args: string[]): Mgr {
-    const m = spawnMgr(this.args(port, ...args));
+  mgr(port: number, ...args: string[]): MgrProcess {
+    const m = startMgrProcess(this.args(port, ...args));
     this.mgrs.push(m);
     return m;
   }
@@ -360,7 +318,7 @@ async function frozenRun(
   checkAfterMs: number,
 ): Promise<MgrResult> {
   const hostlog = `${f.dir}/${name}.log`;
-  const mgr = spawnMgr([
+  const mgr = startMgrProcess([
     ...before,
     "-hostlogfile",
     hostlog,

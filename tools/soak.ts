@@ -30,8 +30,7 @@
  * @module
  */
 
-import { makeKeys, reapRuns, startServerProcess } from "../tests/_harness.ts";
-import { programCommand } from "./_programs.ts";
+import { makeKeys, mgrArgs, reapRuns, runMgr, startServerProcess } from "../tests/_harness.ts";
 import { type Client, connect } from "../manager/mod.ts";
 import { type Identity, loadIdentity, loadTrust, type TrustStore } from "../tls/mod.ts";
 import type { ExitStatus } from "../protocol/mod.ts";
@@ -60,15 +59,13 @@ function _options(args: string[]): { minutes: number; managers: number; sample: 
   return o;
 }
 
-const _dec = new TextDecoder();
-
 async function _sh(script: string, ...args: string[]): Promise<string> {
   const out = await new Deno.Command("/bin/sh", {
     args: ["-c", script, "sh", ...args],
     stdout: "piped",
     stderr: "null",
   }).output();
-  return _dec.decode(out.stdout);
+  return new TextDecoder().decode(out.stdout);
 }
 
 /** One sample of the daemon. */
@@ -214,33 +211,18 @@ async function main(): Promise<number> {
       const code = j % 100;
       counts.active++;
       try {
-        const out = await new Deno.Command(Deno.execPath(), {
-          args: [
-            ...programCommand("cmappmgr"),
-            "-node",
-            "127.0.0.1",
-            "-port",
-            String(server.port),
-            "-keydir",
-            keys.manager,
-            "-syslog",
-            "no",
-            "-service_name",
-            `soak-cli-${j}`,
-            "--",
-            "/bin/sh",
-            "-c",
-            `echo out-${j}; echo err-${j} >&2; exit ${code}`,
-          ],
-          stdin: "null",
-          stdout: "piped",
-          stderr: "piped",
-        }).output();
-        if (out.code !== code || _dec.decode(out.stdout) !== `out-${j}\n`) {
+        const out = await runMgr([
+          ...mgrArgs(keys, server, "-syslog", "no", "-service_name", `soak-cli-${j}`),
+          "--",
+          "/bin/sh",
+          "-c",
+          `echo out-${j}; echo err-${j} >&2; exit ${code}`,
+        ]);
+        if (out.code !== code || out.stdout !== `out-${j}\n`) {
           counts.failures.push(
             `soak-cli-${j}: exit ${out.code} (expected ${code}), stdout ${
-              JSON.stringify(_dec.decode(out.stdout))
-            }, stderr ${JSON.stringify(_dec.decode(out.stderr))}`,
+              JSON.stringify(out.stdout)
+            }, stderr ${JSON.stringify(out.stderr)}`,
           );
         }
         counts.runs++;
