@@ -551,6 +551,7 @@ export function feedFrames(stats: FuzzStats, max: number, chunks: readonly Uint8
       const code = (e as FrameError).code;
       _ensure(code === "empty" || code === "oversize", `push threw ${code}`);
       _ensure(d.buffered === 0, `${d.buffered} bytes kept after an error`);
+      _ensureBroken(d, code);
       return { payloads, error: code };
     }
     pushed += c.length;
@@ -560,7 +561,12 @@ export function feedFrames(stats: FuzzStats, max: number, chunks: readonly Uint8
     }
     stats.accepted += out.length;
     payloads.push(...out);
-    if (d.error) return { payloads, error: d.error.code };
+    if (d.error) {
+      // Good frames came out first; the error follows on the next call.
+      _ensure(out.length > 0, "an error deferred with no frame before it");
+      _ensureBroken(d, d.error.code);
+      return { payloads, error: d.error.code };
+    }
     _ensure(d.buffered < max + FRAME_HEADER_SIZE, `${d.buffered} bytes buffered (max ${max})`);
     _ensure(d.buffered === pushed - consumed, "bytes lost or invented");
   }
@@ -572,6 +578,19 @@ export function feedFrames(stats: FuzzStats, max: number, chunks: readonly Uint8
   }
   _ensure(d.buffered === 0, "finish() accepted a partial frame");
   return { payloads, error: null };
+}
+
+/** After an error the decoder stays broken: every later call throws the same code. */
+function _ensureBroken(d: FrameDecoder, code: string): void {
+  for (const call of [() => d.push(Uint8Array.of(0, 0, 0, 1, 7)), () => d.finish()]) {
+    try {
+      call();
+    } catch (e) {
+      _ensure(e instanceof FrameError && e.code === code, `then threw ${String(e)}`);
+      continue;
+    }
+    _ensure(false, `a broken decoder (${code}) accepted more input`);
+  }
 }
 
 /** A 4-byte big-endian length header. */
