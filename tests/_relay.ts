@@ -2,7 +2,8 @@
  * A TCP relay on 127.0.0.1 that a test controls, to play a network between
  * cmappmgr and cmappserver: pass traffic, blackhole it (stop forwarding both
  * ways without closing anything, like a partition: TCP keeps the bytes and
- * delivers them if it heals), delay it, reset every connection, heal.
+ * delivers them if it heals), delay it (one way or both), reset every
+ * connection, cut it (reset, then drop or refuse new connections), heal.
  *
  * In-process, built on Deno.listen/Deno.connect, on an ephemeral port.
  * Everything it opens is closed by `close()` (test sanitizers stay quiet).
@@ -27,12 +28,16 @@ export class Relay {
   accepted = 0;
   /** Connections closed by `reset()`. */
   resets = 0;
+  /** Connections dropped on arrival while cut. */
+  dropped = 0;
   readonly #target: number;
-  readonly #listener: Deno.TcpListener;
+  #listener: Deno.TcpListener | null;
   readonly #pairs = new Set<_Pair>();
-  readonly #accepting: Promise<void>;
+  #accepting: Promise<void>;
   #mode: RelayMode = "pass";
-  #delayMs = 0;
+  #cut = false;
+  /** Milliseconds each chunk is held: towards the target, and back. */
+  readonly #delayMs = { up: 0, down: 0 };
   #gate: Promise<void> = Promise.resolve();
   #openGate: () => void = () => {};
   #closing = false;
@@ -42,7 +47,7 @@ export class Relay {
     this.#target = targetPort;
     this.#listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     this.port = this.#listener.addr.port;
-    this.#accepting = this._acceptLoop();
+    this.#accepting = this._acceptLoop(this.#listener);
   }
 
   /** The current mode. */
@@ -66,15 +71,42 @@ export class Relay {
     this.#gate = new Promise((r) => this.#openGate = r);
   }
 
-  /** Forwards again; what waited behind the blackhole goes through, in order. */
+  /**
+   * Forwards again; what waited behind the blackhole goes through, in order.
+   * After a `cut()`, new connections are relayed again.
+   */
   heal(): void {
     this.#mode = "pass";
     this.#openGate();
+    this.#cut = false;
+    if (!this.#listener && !this.#closing) {
+      this.#listener = Deno.listen({ hostname: "127.0.0.1", port: this.port });
+      this.#accepting = this._acceptLoop(this.#listener);
+    }
   }
 
-  /** Holds each chunk `ms` before forwarding it (both ways); 0 for none. */
-  delay(ms: number): void {
-    this.#delayMs = ms;
+  /**
+   * Holds each chunk `ms` before forwarding it, both ways or one way only
+   * ("up": towards the target; "down": back from it); 0 for none.
+   */
+  delay(ms: number, direction: "both" | "up" | "down" = "both"): void {
+    if (direction !== "down") this.#delayMs.up = ms;
+    if (direction !== "up") this.#delayMs.down = ms;
+  }
+
+  /**
+   * Resets every relayed connection, then, until `heal()`, either drops new
+   * ones on arrival (accept, then close: a port forwarder whose target is
+   * down) or refuses them (nothing listens: a guest's closed port).
+   */
+  async cut(how: "drop" | "refuse" = "drop"): Promise<void> {
+    this.#cut = true;
+    this.reset();
+    if (how === "refuse" && this.#listener) {
+      this.#listener.close();
+      this.#listener = null;
+      await this.#accepting;
+    }
   }
 
   /** Closes every relayed connection at once (new ones are relayed as before). */
@@ -90,10 +122,11 @@ export class Relay {
     this.#closing = true;
     this.#openGate();
     try {
-      this.#listener.close();
+      this.#listener?.close();
     } catch {
       // already closed
     }
+    this.#listener = null;
     await this.#accepting;
     const pairs = [...this.#pairs];
     for (const p of pairs) p.close();
@@ -105,9 +138,14 @@ export class Relay {
     while (this.#mode === "blackhole" && !this.#closing) await this.#gate;
   }
 
-  async _acceptLoop(): Promise<void> {
+  async _acceptLoop(listener: Deno.TcpListener): Promise<void> {
     try {
-      for await (const conn of this.#listener) {
+      for await (const conn of listener) {
+        if (this.#cut) {
+          this.dropped++;
+          conn.close();
+          continue;
+        }
         this.accepted++;
         this._relay(conn);
       }
@@ -147,8 +185,8 @@ export class Relay {
           return;
         }
         await Promise.all([
-          this._pump(down, up).finally(close),
-          this._pump(up, down).finally(close),
+          this._pump(down, up, "up").finally(close),
+          this._pump(up, down, "down").finally(close),
         ]);
       } finally {
         close();
@@ -158,7 +196,7 @@ export class Relay {
   }
 
   /** Copies bytes one way until either side ends or fails. */
-  async _pump(from: Deno.Conn, to: Deno.Conn): Promise<void> {
+  async _pump(from: Deno.Conn, to: Deno.Conn, direction: "up" | "down"): Promise<void> {
     const buf = new Uint8Array(64 * 1024);
     try {
       for (;;) {
@@ -166,7 +204,8 @@ export class Relay {
         const n = await from.read(buf);
         if (n === null) return;
         const chunk = buf.slice(0, n);
-        if (this.#delayMs > 0) await new Promise((r) => setTimeout(r, this.#delayMs));
+        const ms = this.#delayMs[direction];
+        if (ms > 0) await new Promise((r) => setTimeout(r, ms));
         await this._pass();
         let off = 0;
         while (off < chunk.length) off += await to.write(chunk.subarray(off));

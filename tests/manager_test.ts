@@ -27,6 +27,7 @@ import {
   within,
   writeIdentity,
 } from "./_harness.ts";
+import { Relay } from "./_relay.ts";
 import { MGR_EXIT } from "../cli/exit_codes.ts";
 import { type Client, connect } from "../manager/mod.ts";
 import { generateIdentity, loadIdentity, loadTrust } from "../tls/mod.ts";
@@ -39,125 +40,6 @@ function deadPort(): number {
   const port = l.addr.port;
   l.close();
   return port;
-}
-
-/**
- * Copies bytes from one connection to the other until either end fails or
- * ends, holding each chunk `latencyMs` first.
- */
-async function pump(from: Deno.Conn, to: Deno.Conn, latencyMs: number): Promise<void> {
-  const buf = new Uint8Array(64 * 1024);
-  try {
-    for (;;) {
-      const n = await from.read(buf);
-      if (n === null) return;
-      if (latencyMs > 0) await delay(latencyMs);
-      let off = 0;
-      while (off < n) off += await to.write(buf.subarray(off, n));
-    }
-  } catch {
-    // closed by a cut, or by the other direction
-  }
-}
-
-/**
- * A TCP relay on 127.0.0.1 to a target port. `cut()` destroys every relayed
- * connection, then, until `heal()`, either drops new connections on arrival
- * (accept, then close: what a port forwarder does when its target is down)
- * or refuses them (nothing listens: what a guest's closed port does).
- * Optionally holds each chunk a while in one direction, so that what the
- * server logs is seen here before what it sends reaches cmappmgr.
- */
-class Relay {
-  readonly port: number;
-  /** Connections dropped on arrival while cut. */
-  dropped = 0;
-  readonly #target: number;
-  readonly #latency: { up: number; down: number };
-  #listener: Deno.TcpListener | null;
-  readonly #pairs = new Set<() => void>();
-  readonly #tasks = new Set<Promise<void>>();
-  #accepting: Promise<void>;
-  #cut = false;
-
-  constructor(target: number, latency: { up?: number; down?: number } = {}) {
-    this.#target = target;
-    this.#latency = { up: latency.up ?? 0, down: latency.down ?? 0 };
-    this.#listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    this.port = this.#listener.addr.port;
-    this.#accepting = this.#accept(this.#listener);
-  }
-
-  async #accept(listener: Deno.TcpListener): Promise<void> {
-    try {
-      for await (const conn of listener) {
-        if (this.#cut) {
-          this.dropped++;
-          conn.close();
-          continue;
-        }
-        const task = this.#relay(conn);
-        this.#tasks.add(task);
-        task.finally(() => this.#tasks.delete(task));
-      }
-    } catch {
-      // listener closed
-    }
-  }
-
-  async #relay(down: Deno.Conn): Promise<void> {
-    let up: Deno.Conn;
-    try {
-      up = await Deno.connect({ hostname: "127.0.0.1", port: this.#target });
-    } catch {
-      down.close();
-      return;
-    }
-    let closed = false;
-    const close = () => {
-      if (closed) return;
-      closed = true;
-      for (const c of [down, up]) {
-        try {
-          c.close();
-        } catch {
-          // already closed
-        }
-      }
-    };
-    if (this.#cut) return close();
-    this.#pairs.add(close);
-    await Promise.all([
-      pump(down, up, this.#latency.up).finally(close),
-      pump(up, down, this.#latency.down).finally(close),
-    ]);
-    this.#pairs.delete(close);
-  }
-
-  /** Destroys the relayed connections; new ones are dropped or refused until `heal()`. */
-  async cut(how: "drop" | "refuse" = "drop"): Promise<void> {
-    this.#cut = true;
-    for (const close of this.#pairs) close();
-    if (how === "refuse" && this.#listener) {
-      this.#listener.close();
-      this.#listener = null;
-      await this.#accepting;
-    }
-  }
-
-  /** Relays new connections again. */
-  heal(): void {
-    this.#cut = false;
-    if (!this.#listener) {
-      this.#listener = Deno.listen({ hostname: "127.0.0.1", port: this.port });
-      this.#accepting = this.#accept(this.#listener);
-    }
-  }
-
-  async close(): Promise<void> {
-    await this.cut("refuse");
-    await Promise.all([...this.#tasks]);
-  }
 }
 
 /**
@@ -241,7 +123,9 @@ class Fixture {
   }
 
   relay(server: ServerProcess, latency: { up?: number; down?: number } = {}): Relay {
-    const r = new Relay(server.port, latency);
+    const r = new Relay(server.port);
+    if (latency.up) r.delay(latency.up, "up");
+    if (latency.down) r.delay(latency.down, "down");
     this.relays.push(r);
     return r;
   }
