@@ -17,6 +17,7 @@ import {
   encodeMessage,
   FrameDecoder,
   MessageChannel,
+  PROTOCOL_VERSION,
   type ServerMessage,
 } from "../protocol/mod.ts";
 import type { CertificateInfo } from "../tls/mod.ts";
@@ -27,6 +28,7 @@ import {
   mgrArgs,
   processes,
   programCommand,
+  rawTls,
   reapRuns,
   type ServerProcess,
   startServerProcess,
@@ -577,6 +579,40 @@ Deno.test("output trickling out of a running application arrives while it runs",
     assert.equal(m.exited(), false);
     reader.releaseLock();
   } finally {
+    await f.cleanup();
+  }
+});
+
+Deno.test("stdin credit: 1 MiB at first, then 512 KiB back once that much is in the application's pipe", async () => {
+  const f = await Fixture.create();
+  const conn = await rawTls(f.keys.manager, f.server.port);
+  try {
+    const send = (m: ClientMessage) => conn.write(encodeFrame(encodeMessage(m)));
+    send({ type: "hello", version: { ...PROTOCOL_VERSION }, agent: "credit-test" });
+    send({
+      type: "launch",
+      id: 1,
+      argv: ["/bin/sh", "-c", "cat > /dev/null"],
+      name: "stdin-credit",
+      stdin: true,
+    });
+    let seen = 0;
+    let run = "";
+    /** The next `window` for stdin the server sends (noting the run's id on the way). */
+    const nextStdinWindow = async (): Promise<number> => {
+      for (;;) {
+        const m = decodeServerMessage((await conn.readFrames(seen + 1))[seen++]);
+        if (m.type === "launched") run = m.run;
+        if (m.type === "window" && m.stream === "stdin") return m.bytes;
+      }
+    };
+    assert.equal(await nextStdinWindow(), 1024 * 1024, "the first grant");
+    const chunk = new Uint8Array(64 * 1024);
+    for (let i = 0; i < 8; i++) send({ type: "data", run, stream: "stdin", data: chunk });
+    assert.equal(await nextStdinWindow(), 512 * 1024, "the credit of the bytes written back");
+    send({ type: "data", run, stream: "stdin", data: new Uint8Array(0) }); // cat ends
+  } finally {
+    await conn.close();
     await f.cleanup();
   }
 });
