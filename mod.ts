@@ -65,15 +65,12 @@ export type {
   RunTableOptions,
 } from "./server/runs.ts";
 export type { LaunchPolicy, LaunchRequest } from "./server/policy.ts";
-export type { RunRecord, RunStore, StoredRun } from "./server/store.ts";
+export { StateDirError } from "./server/store.ts";
+export type { RunStore, StoredRun } from "./server/store.ts";
+export type { RunRecord } from "./server/records.ts";
 export type { RunStreams, RunStreamsOptions, StreamSink } from "./server/streams.ts";
-export type {
-  HelperPaths,
-  SpawnedProcess,
-  SpawnFailure,
-  SpawnRequest,
-  SupervisorKind,
-} from "./server/supervisor.ts";
+export { SupervisorMissingError } from "./server/supervisor_binary.ts";
+export type { SpawnFailure } from "./server/supervisor.ts";
 export {
   Client,
   connect,

@@ -412,6 +412,12 @@ async function main(args: string[]): Promise<number> {
       },
       logger,
     });
+    const lost = outcome.lost;
+    if (lost && lost.stdout + lost.stderr + lost.stdin > 0) {
+      const parts = (["stdout", "stderr", "stdin"] as const).filter((k) => lost[k] > 0)
+        .map((k) => `${lost[k]} bytes of ${k}`);
+      logger.warn(`the run's streams are not complete: ${parts.join(", ")} were lost on the way`);
+    }
     if (!outcome.exit) return 0;
     logger.info(`run ${outcome.run} pid ${outcome.pid} ${describeExit(outcome.exit)}`);
     return shellExitCode(outcome.exit);

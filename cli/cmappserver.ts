@@ -55,7 +55,7 @@ const SPEC: Record<string, OptionSpec> = {
   stop_on_exit: { type: "string" },
   allow_exec: { type: "string", multiple: true },
   allow_user: { type: "string", multiple: true },
-  supervisor: { type: "string" },
+  allow_group: { type: "string", multiple: true },
   loglevel: { type: "string" },
   logfile: { type: "string" },
   syslog: { type: "string" },
@@ -91,7 +91,8 @@ docs/cmappserver.md describes each one.
   -allow_exec GLOB          only executables matching a GLOB may run (repeatable;
                             * within a path segment, ** across); default: any
   -allow_user USER          a user requests may run as (repeatable); default: none
-  -supervisor perl|sh       per-run supervisor (default perl when installed)
+  -allow_group GROUP        a group a run-as request may ask for besides the
+                            user's own (repeatable); default: none
   -loglevel LEVEL           error, warn, info (default) or debug
   -logfile FILE             log to FILE instead of stderr (reopened on SIGHUP)
   -syslog yes|no            also log to syslog, facility daemon (default no)
@@ -107,7 +108,11 @@ Exit status: 0 after SIGTERM or SIGINT, 1 when it cannot start serving, 2 for a
 bad command line, configuration file or key directory.
 `;
 
-async function main(args: string[]): Promise<number> {
+/**
+ * cmappserver's command line: runs the daemon (or keygen) with `args`;
+ * resolves with the exit status.
+ */
+export async function main(args: string[]): Promise<number> {
   if (args[0] === "keygen") {
     return await runKeygen({
       program: PROGRAM,
@@ -132,7 +137,6 @@ async function main(args: string[]): Promise<number> {
     const file = await readConfig(configPath, SPEC, values.config === undefined);
     const s = mergeSettings(file, values);
     const level = s.choice("loglevel", "info", ["error", "warn", "info", "debug"] as const);
-    const supervisor = s.choice("supervisor", "", ["perl", "sh", ""] as const);
     cfg = {
       keydir: s.string("keydir", DEFAULT_KEYDIR),
       bind: s.string("bind", "0.0.0.0"),
@@ -155,7 +159,7 @@ async function main(args: string[]): Promise<number> {
         }
       }),
       allowUsers: s.list("allow_user"),
-      supervisor: supervisor === "" ? undefined : supervisor,
+      allowGroups: s.list("allow_group"),
       level: level as LogLevel,
       logfile: s.string("logfile", ""),
       syslog: s.bool("syslog", false),
@@ -202,10 +206,10 @@ async function main(args: string[]): Promise<number> {
       policy: {
         allowExec: cfg.allowExec,
         allowUsers: cfg.allowUsers,
+        allowGroups: cfg.allowGroups,
         maxArgvBytes: cfg.maxArgvBytes,
         maxEnvBytes: cfg.maxEnvBytes,
       },
-      supervisor: cfg.supervisor,
       logger,
     });
   } catch (e) {

@@ -18,6 +18,29 @@ export function parseLogLevel(s: string): LogLevel | null {
   return l in _RANK ? l as LogLevel : null;
 }
 
+/**
+ * Escapes what could end or forge a log line: C0 control characters, DEL
+ * and the Unicode line breaks (NEL, LS, PS) become `\n`, `\t`, `\xNN` or
+ * `\uNNNN`. Every message is escaped on its way to a sink, so no field of
+ * a request (a cwd, an argv entry, a name) can start a line of its own.
+ *
+ * @example
+ * ```ts
+ * import { escapeControl } from "./logger.ts";
+ * escapeControl("a\nb"); // "a\\nb": one line
+ * ```
+ */
+export function escapeControl(text: string): string {
+  // deno-lint-ignore no-control-regex
+  return text.replace(/[\x00-\x1f\x7f\x85\u2028\u2029]/g, (c) => {
+    if (c === "\n") return "\\n";
+    if (c === "\r") return "\\r";
+    if (c === "\t") return "\\t";
+    const n = c.charCodeAt(0);
+    return n < 0x100 ? `\\x${n.toString(16).padStart(2, "0")}` : `\\u${n.toString(16)}`;
+  });
+}
+
 /** Where log lines go. */
 export interface Logger {
   /** Something failed. */
@@ -70,7 +93,7 @@ export function createLogger(options: LoggerOptions): Logger {
   const prefix = options.prefix ?? "";
   const emit = (level: LogLevel) => (message: string) => {
     if (_RANK[level] > max) return;
-    const text = prefix + message;
+    const text = escapeControl(prefix + message);
     const line = `${new Date().toISOString()} ${options.program}[${Deno.pid}] ${level}: ${text}`;
     if (write) write(line);
     for (const s of sinks) if (_RANK[level] <= s.max) s.sink.write(line, level, text);

@@ -9,6 +9,8 @@ import {
   decodeServerMessage,
   DEFAULT_MAX_FRAME_SIZE,
   type ExitStatus,
+  type Features,
+  featuresOf,
   formatVersion,
   FrameError,
   type LaunchMessage,
@@ -19,6 +21,7 @@ import {
   PROTOCOL_VERSION,
   type ProtocolVersion,
   type ReleaseMessage,
+  type ResumeMessage,
   type RunInfo,
   type RunStatusMessage,
   type ServerMessage,
@@ -121,6 +124,8 @@ export class Client {
   readonly serverAgent: string;
   /** The protocol version both sides use. */
   readonly version: ProtocolVersion;
+  /** What that version lets both sides do. */
+  readonly features: Features;
   /** The server's certificate. */
   readonly serverCertificate: CertificateInfo;
   /** Largest frame payload the server accepts. */
@@ -143,6 +148,11 @@ export class Client {
   readonly #outCredit = new Map<string, { granted: number; unreturned: number }>();
   readonly #stdinCredit = new Map<string, number>();
   readonly #stdinWaiters = new Map<string, () => void>();
+  /** Runs whose first stdin credit (the grant, not an acknowledgement) has come. */
+  readonly #stdinGranted = new Set<string>();
+  readonly #streamEvents = new Map<string, StreamEvents>();
+  /** `resume` messages for runs nobody listens to yet (a few, kept for onStreamEvents). */
+  readonly #earlyResumes = new Map<string, ResumeMessage[]>();
   readonly #closed: Promise<Error | null>;
   #closeError: Error | null | undefined = undefined;
   #serverError: ManagerError | null = null;
@@ -162,6 +172,7 @@ export class Client {
     this.#channel = channel;
     this.serverAgent = hello.agent;
     this.version = hello.version;
+    this.features = featuresOf(hello.version);
     this.serverCertificate = hello.certificate;
     this.serverMaxFrame = hello.maxFrame ?? DEFAULT_MAX_FRAME_SIZE;
     this.lastHeard = Date.now();
@@ -298,6 +309,20 @@ export class Client {
     handler: (stream: "stdout" | "stderr", bytes: Uint8Array) => void | Promise<void>,
   ): void {
     this.#outputs.set(run, handler);
+  }
+
+  /**
+   * Listens to where the run's streams resume (protocol 1.3: `resume`, told
+   * before the first bytes of each stream on this connection) and to the
+   * stdin bytes the server has passed on (each credit it gives back after
+   * its first grant). `resume` comes in order with the output chunks.
+   */
+  onStreamEvents(run: string, events: StreamEvents): void {
+    this.#streamEvents.set(run, events);
+    // `resume` may come right behind the reply, before the caller could listen.
+    const early = this.#earlyResumes.get(run);
+    this.#earlyResumes.delete(run);
+    for (const m of early ?? []) this.#receive(m);
   }
 
   /**
@@ -447,8 +472,26 @@ export class Client {
       });
       return;
     }
+    if (m.type === "resume") {
+      const events = this.#streamEvents.get(m.run);
+      const { stream, offset } = m;
+      if (!events) {
+        const list = this.#earlyResumes.get(m.run) ?? [];
+        if (list.length < 3) this.#earlyResumes.set(m.run, [...list, m]);
+        if (this.#earlyResumes.size > 64) {
+          this.#earlyResumes.delete(this.#earlyResumes.keys().next().value!);
+        }
+        return;
+      }
+      if (stream === "stdin") events.resume(stream, offset);
+      // in order with the output chunks, which it comes before
+      else this.#outputChain = this.#outputChain.then(() => events.resume(stream, offset));
+      return;
+    }
     if (m.type === "window") {
       if (m.stream !== "stdin") return;
+      if (this.#stdinGranted.has(m.run)) this.#streamEvents.get(m.run)?.stdinTaken?.(m.bytes);
+      else this.#stdinGranted.add(m.run);
       this.#stdinCredit.set(m.run, (this.#stdinCredit.get(m.run) ?? 0) + m.bytes);
       const w = this.#stdinWaiters.get(m.run);
       this.#stdinWaiters.delete(m.run);
@@ -493,6 +536,14 @@ export class Client {
   #unexpected(m: ServerMessage): Error {
     return new ManagerError("protocol", `unexpected ${m.type} reply from cmappserver`);
   }
+}
+
+/** What a manager hears of a run's streams besides their bytes (see {@linkcode Client.onStreamEvents}). */
+export interface StreamEvents {
+  /** The stream resumes at `offset` for this connection (protocol 1.3). */
+  resume(stream: "stdin" | "stdout" | "stderr", offset: number): void;
+  /** The server passed `bytes` more of stdin on to the application's supervisor. */
+  stdinTaken?(bytes: number): void;
 }
 
 interface ClientEvents {

@@ -8,7 +8,6 @@
  */
 
 import type { ExitStatus } from "../protocol/mod.ts";
-import { Gatherer } from "../protocol/read_ahead.ts";
 import { type Logger, silentLogger } from "../log/logger.ts";
 import {
   Client,
@@ -19,6 +18,8 @@ import {
   type LaunchOptions,
 } from "./client.ts";
 import { ManagerError } from "./errors.ts";
+import { OutputOffsets } from "./output_offsets.ts";
+import { StdinForwarder } from "./stdin_forwarder.ts";
 
 /** Options for {@linkcode runCommand}. */
 export interface RunCommandOptions extends Omit<ConnectOptions, "timeoutMs"> {
@@ -63,13 +64,33 @@ export interface RunIO {
 /** Output credit granted to the server per stream, in bytes. */
 const _OUTPUT_WINDOW = 1024 * 1024;
 
+/** What a session keeps of a run's streams across its connections. */
+interface _Streams {
+  io: RunIO;
+  /** Outputs closed on our side. */
+  closed: Set<string>;
+  offsets: OutputOffsets;
+  stdin: StdinForwarder | null;
+}
+
 /**
- * Hooks a client up to receive a run's output into `io`. Call before the
- * request that makes the connection the receiver; then {@linkcode _grantOutput}.
+ * Hooks a client up to receive a run's output into `io`, and its stream
+ * events. Call before the request that makes the connection the receiver
+ * (or right after a launch); then {@linkcode _grantOutput}.
  */
-function _receiveOutput(client: Client, run: string, io: RunIO, closed: Set<string>): void {
-  client.onOutput(run, async (stream, bytes) => {
-    if (bytes.length === 0 || closed.has(stream)) return;
+function _receiveOutput(client: Client, run: string, s: _Streams): void {
+  const { io, closed, offsets } = s;
+  client.onStreamEvents(run, {
+    resume: (stream, offset) => {
+      if (stream === "stdin") s.stdin?.resume(offset);
+      else offsets.resume(stream, offset);
+    },
+    stdinTaken: (n) => s.stdin?.taken(n),
+  });
+  client.onOutput(run, async (stream, raw) => {
+    if (raw.length === 0 || closed.has(stream)) return;
+    const bytes = offsets.take(stream, raw);
+    if (bytes.length === 0) return;
     try {
       await io[stream](bytes);
     } catch {
@@ -94,6 +115,13 @@ export interface RunOutcome {
   pid: number;
   /** How it ended; null when we detached and it runs on. */
   exit: ExitStatus | null;
+  /**
+   * Bytes of its streams that were lost on the way (counted from where the
+   * guest says each stream resumed; zero unless the guest or the
+   * connection failed while bytes were in flight, or output came while
+   * nobody could take it).
+   */
+  lost?: { stdout: number; stderr: number; stdin: number };
 }
 
 const _RETRYABLE = new Set(["unreachable", "lost"]);
@@ -231,14 +259,26 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
     logger.info(`started run ${run} pid ${pid} on ${where}: ${JSON.stringify(options.argv)}`);
   }
   options.onLaunched?.(run, pid, launched.attached);
-  const closedStreams = new Set<string>();
-  if (io) {
-    _receiveOutput(client, run, io, closedStreams);
+  const streams: _Streams | null = io
+    ? {
+      io,
+      closed: new Set(),
+      offsets: new OutputOffsets(logger, !ours),
+      stdin: io.stdin && ours ? new StdinForwarder(io.stdin, run, logger) : null,
+    }
+    : null;
+  if (streams) {
+    _receiveOutput(client, run, streams);
     _grantOutput(client, run);
+    streams.stdin?.attach(client);
+    void streams.stdin?.run();
   }
-  if (io?.stdin && ours) {
-    void _forwardStdin(io.stdin, run, () => client, logger);
-  }
+  const outcome = (exit: ExitStatus | null): RunOutcome => {
+    streams?.stdin?.stop();
+    if (!streams) return { run, pid, exit };
+    const { stdout, stderr } = streams.offsets.lost;
+    return { run, pid, exit, lost: { stdout, stderr, stdin: streams.stdin?.lost ?? 0 } };
+  };
   let lastAnswer = client.lastHeard;
   // An unanswered poll older than this makes us drop the connection and dial again.
   const stallMs = Math.min(
@@ -256,10 +296,10 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
         lastAnswer = Math.max(lastAnswer, client.lastHeard);
         return lastAnswer + options.serverTimeoutMs;
       });
-      if (r.kind === "exit") return await _released(client, { run, pid, exit: r.exit });
+      if (r.kind === "exit") return await _released(client, outcome(r.exit));
       if (r.kind === "detach") {
         logger.info(`detached from run ${run} pid ${pid} on ${where}; it keeps running`);
-        return { run, pid, exit: null };
+        return outcome(null);
       }
       if (r.kind === "lost") {
         throw new ManagerError("run_lost", `cmappserver at ${where}: ${r.message}`);
@@ -280,11 +320,14 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
         throw e;
       }
       try {
-        if (io) _receiveOutput(client, run, io, closedStreams);
-        const st = await client.status(run, { streams: !!io });
-        if (io) _grantOutput(client, run);
+        if (streams) _receiveOutput(client, run, streams);
+        const st = await client.status(run, { streams: !!streams });
+        if (streams) {
+          _grantOutput(client, run);
+          streams.stdin?.attach(client);
+        }
         logger.info(`re-attached to run ${run} on ${where} (${st.state})`);
-        if (st.exit) return await _released(client, { run, pid, exit: st.exit });
+        if (st.exit) return await _released(client, outcome(st.exit));
       } catch (e) {
         if (e instanceof LaunchError && e.code === "unknown_run") {
           throw new ManagerError("run_lost", `cmappserver at ${where}: ${e.message}`);
@@ -300,6 +343,7 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
       } s); run ${run} may still be running on the guest`,
     );
   } finally {
+    streams?.stdin?.stop();
     client.close();
   }
 }
@@ -384,48 +428,4 @@ async function _released(client: Client, outcome: RunOutcome): Promise<RunOutcom
   await Promise.race([client.release(outcome.run).catch(() => {}), pause.promise]);
   pause.cancel();
   return outcome;
-}
-
-/**
- * Forwards `input` to the run's stdin on whichever connection is current,
- * then closes it. A chunk in flight when a connection breaks may be lost:
- * that is logged.
- */
-async function _forwardStdin(
-  input: ReadableStream<Uint8Array>,
-  run: string,
-  client: () => Client,
-  logger: Logger,
-): Promise<void> {
-  // Up to one data frame at a time; each chunk is sent (copied into a frame)
-  // before the next read reuses its buffer.
-  const gather = new Gatherer(input);
-  try {
-    for (;;) {
-      const value = await gather.next();
-      const done = value === null;
-      const chunk = value ?? new Uint8Array(0);
-      for (;;) {
-        const c = client();
-        if (c.isClosed) {
-          await new Promise((r) => setTimeout(r, 100));
-          continue;
-        }
-        try {
-          await c.sendStdin(run, chunk);
-          break;
-        } catch {
-          // The end of input must arrive, or the application waits for ever: resend it.
-          if (done) continue;
-          logger.warn(`stdin: the connection broke; ${chunk.length} bytes may not have arrived`);
-          break;
-        }
-      }
-      if (done) return;
-    }
-  } catch (e) {
-    logger.warn(`stdin: ${(e as Error).message}`);
-  } finally {
-    gather.release();
-  }
 }

@@ -179,6 +179,26 @@ export interface WindowMessage {
 }
 
 /**
+ * Since 1.3 (server to manager): where a stream resumes for this receiver.
+ * Sent once per stream when a connection becomes a run's stream receiver,
+ * before any data of that stream. For stdout and stderr: the next data
+ * byte is byte `offset` of the stream (bytes before it went to an earlier
+ * receiver or were lost: the receiver compares with what it has). For
+ * stdin: the application's supervisor has taken `offset` bytes; the
+ * manager sends on from there.
+ */
+export interface ResumeMessage {
+  /** Message type. */
+  type: "resume";
+  /** The run. */
+  run: string;
+  /** The stream. */
+  stream: StreamName;
+  /** Bytes of the stream before the next one. */
+  offset: number;
+}
+
+/**
  * Since 1.2: the manager will not read this stream any more (its own output
  * was closed): the server closes the application's end, as a closed pipe.
  */
@@ -330,6 +350,7 @@ export type ServerMessage =
   | RunListMessage
   | DataMessage
   | WindowMessage
+  | ResumeMessage
   | ErrorMessage;
 /** Any message. */
 export type Message = ClientMessage | ServerMessage;
@@ -376,9 +397,42 @@ function _text(o: Obj, field: string, max: number = MAX_TEXT_LENGTH): string {
   return v;
 }
 
+const _RUN_ID = /^[A-Za-z0-9._-]+$/;
+const _RUN_NAME = /^[A-Za-z0-9][A-Za-z0-9._@:+-]*$/;
+
+/**
+ * True for a valid run id: 1 to {@linkcode MAX_RUN_ID_LENGTH} characters of
+ * `A-Z a-z 0-9 . _ -`.
+ *
+ * @example
+ * ```ts
+ * import { isRunId } from "./messages.ts";
+ * isRunId("0001-9f2a1b3c"); // true
+ * isRunId("../x"); // false
+ * ```
+ */
+export function isRunId(v: string): boolean {
+  return v.length <= MAX_RUN_ID_LENGTH && _RUN_ID.test(v);
+}
+
+/**
+ * True for a valid run name: 1 to {@linkcode MAX_NAME_LENGTH} characters of
+ * `A-Z a-z 0-9 . _ @ : + -`, starting with a letter or digit.
+ *
+ * @example
+ * ```ts
+ * import { isRunName } from "./messages.ts";
+ * isRunName("web@guest1"); // true
+ * isRunName("bad name!"); // false
+ * ```
+ */
+export function isRunName(v: string): boolean {
+  return v.length <= MAX_NAME_LENGTH && _RUN_NAME.test(v);
+}
+
 function _runId(o: Obj): string {
   const v = _text(o, "run", MAX_RUN_ID_LENGTH);
-  if (!/^[A-Za-z0-9._-]+$/.test(v)) {
+  if (!_RUN_ID.test(v)) {
     _fail(`field "run" must be 1 to ${MAX_RUN_ID_LENGTH} characters of A-Z a-z 0-9 . _ -`);
   }
   return v;
@@ -413,7 +467,7 @@ function _argv(o: Obj): string[] {
 
 function _name(o: Obj): string {
   const v = _text(o, "name", MAX_NAME_LENGTH);
-  if (!/^[A-Za-z0-9][A-Za-z0-9._@:+-]*$/.test(v)) {
+  if (!_RUN_NAME.test(v)) {
     _fail(
       `field "name" must be 1 to ${MAX_NAME_LENGTH} characters of A-Z a-z 0-9 . _ @ : + -, ` +
         `starting with a letter or digit`,
@@ -674,6 +728,18 @@ export function decodeServerMessage(payload: Uint8Array): ServerMessage {
   switch (o.type) {
     case "window":
       return _window(o);
+    case "resume": {
+      const stream = o.stream;
+      if (stream !== "stdin" && stream !== "stdout" && stream !== "stderr") {
+        _fail(`field "stream" must be stdin, stdout or stderr`);
+      }
+      return {
+        type: "resume",
+        run: _runId(o),
+        stream,
+        offset: _int(o, "offset", 0, Number.MAX_SAFE_INTEGER),
+      };
+    }
     case "hello":
       return { ..._hello(o), max_frame: _int(o, "max_frame", 1, 0xffffffff) };
     case "launched": {

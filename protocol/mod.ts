@@ -16,6 +16,7 @@
 export * from "./framing.ts";
 export * from "./messages.ts";
 export * from "./version.ts";
+export * from "./features.ts";
 export * from "./exit_status.ts";
 export * from "./channel.ts";
 export * from "./read_ahead.ts";

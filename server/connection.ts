@@ -14,10 +14,13 @@ import {
   DEFAULT_MAX_FRAME_SIZE,
   encodeMessage,
   type ErrorCode,
+  type Features,
+  featuresOf,
   formatVersion,
   MAX_TEXT_LENGTH,
   MessageChannel,
   negotiateVersion,
+  NO_FEATURES,
   PROTOCOL_VERSION,
   type RunInfo,
   type ServerMessage,
@@ -102,7 +105,8 @@ export function serveConnection(
   const sinks = new Map<string, { run: Run; sink: StreamSink }>();
   /** Stdin bytes written into each run's pipe whose credit is not yet given back. */
   const stdinUnreturned = new Map<string, number>();
-  let minor = -1; // negotiated minor version; -1 until hello
+  let hello = false;
+  let features: Features = NO_FEATURES;
   let queue = Promise.resolve();
   let stdinQueue = Promise.resolve();
   let done!: () => void;
@@ -117,7 +121,7 @@ export function serveConnection(
   /** Sends the run's end to this manager; a 1.0 manager cannot release, so sending counts. */
   const sendEnd = (run: Run) => {
     if (run.exit) channel.send({ type: "exited", run: run.id, exit: run.exit });
-    if (minor < 1 && run.exit) void table.release(run.id);
+    if (!features.release && run.exit) void table.release(run.id);
   };
 
   const follow = (run: Run) => {
@@ -143,6 +147,9 @@ export function serveConnection(
   const takeStreams = (run: Run) => {
     if (!run.io || current(run.id)) return;
     const sink: StreamSink = {
+      resume: (stream, offset) => {
+        if (features.resume) channel.send({ type: "resume", run: run.id, stream, offset });
+      },
       data: (stream, bytes) => {
         if (bytes.length === 0) {
           channel.send({ type: "data", run: run.id, stream, data: bytes });
@@ -173,7 +180,7 @@ export function serveConnection(
   const handle = async (m: ClientMessage): Promise<void> => {
     // Nothing behind a refusal is acted on.
     if (closing) return;
-    if (minor < 0) {
+    if (!hello) {
       if (m.type !== "hello") return refuse("protocol", `expected hello first, got ${m.type}`);
       const v = negotiateVersion(PROTOCOL_VERSION, m.version);
       if (!v) {
@@ -185,7 +192,8 @@ export function serveConnection(
         );
       }
       clearTimeout(helloTimer);
-      minor = v.minor;
+      hello = true;
+      features = featuresOf(v);
       logger.debug(`${who}: hello from ${m.agent}, protocol ${formatVersion(v)}`);
       channel.send({
         type: "hello",
@@ -230,7 +238,7 @@ export function serveConnection(
           );
         }
         const reply: ServerMessage = { type: "launched", id: m.id, run: run.id, pid: run.pid };
-        if (minor >= 1) {
+        if (features.names) {
           reply.name = run.name;
           reply.attached = attached;
         }
@@ -259,6 +267,7 @@ export function serveConnection(
           void table.release(r.id);
           return error(m.id, "unknown_run", lostMessage(r));
         }
+        if (m.streams) takeStreams(r);
         // The receiver of the output gets all of it before the exit status.
         if (r.exit && r.io && sinks.has(r.id)) await r.io.drained(2000);
         channel.send(
@@ -266,8 +275,7 @@ export function serveConnection(
             ? { type: "run_status", id: m.id, run: r.id, pid: r.pid, state: "exited", exit: r.exit }
             : { type: "run_status", id: m.id, run: r.id, pid: r.pid, state: "running" },
         );
-        if (r.exit && minor < 1) void table.release(r.id);
-        if (m.streams && !hasEnded(r)) takeStreams(r);
+        if (r.exit && !features.release) void table.release(r.id);
         follow(r);
         return;
       }

@@ -12,4 +12,6 @@
 export * from "./server.ts";
 export { type ExitListener, hasEnded, type Run, RunTable } from "./runs.ts";
 export { DEFAULT_POLICY, type LaunchPolicy } from "./policy.ts";
-export { DEFAULT_PATH, signalGroup, type SupervisorKind } from "./supervisor.ts";
+export { DEFAULT_PATH } from "./program.ts";
+export { embedSupervisor, installSupervisor, SupervisorMissingError } from "./supervisor_binary.ts";
+export { StateDirError } from "./store.ts";

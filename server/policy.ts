@@ -1,13 +1,13 @@
 /**
- * What a manager may ask for: the allowed executables and run-as users,
- * size limits, canonical working directories, and the environment a
- * process gets. Turns a launch request into exactly what will be started,
+ * What a manager may ask for: the allowed executables, run-as users and
+ * groups, size limits, canonical working directories, and the environment
+ * a process gets. Turns a launch request into exactly what will be started,
  * or a refusal with the reason.
  *
  * @module
  */
 
-import { DEFAULT_PATH, resolveProgram, type SpawnFailure } from "./supervisor.ts";
+import { DEFAULT_PATH, type ProgramFailure, resolveProgram } from "./program.ts";
 
 /** The daemon's launch policy. */
 export interface LaunchPolicy {
@@ -15,6 +15,11 @@ export interface LaunchPolicy {
   allowExec: string[];
   /** Users (names or uids) that requests may run as; empty: run-as is refused. */
   allowUsers: string[];
+  /**
+   * Groups (names or gids) a run-as request may ask for beyond the user's
+   * own (its primary group and the groups that list it in /etc/group).
+   */
+  allowGroups: string[];
   /** Largest argv, in bytes of UTF-8 (each argument plus one). */
   maxArgvBytes: number;
   /** Largest environment, in bytes of UTF-8 ("NAME=value" plus one each). */
@@ -27,6 +32,7 @@ export interface LaunchPolicy {
 export const DEFAULT_POLICY: LaunchPolicy = {
   allowExec: [],
   allowUsers: [],
+  allowGroups: [],
   maxArgvBytes: 256 * 1024,
   maxEnvBytes: 256 * 1024,
   defaultPath: DEFAULT_PATH,
@@ -56,8 +62,11 @@ export interface PreparedLaunch {
   env: Record<string, string>;
   /** The working directory. */
   cwd: string;
-  /** The identity to switch to, when asked. */
-  runAs?: { uid: number; gid: number; user: string };
+  /**
+   * The identity to switch to, when asked: exactly this uid, gid and these
+   * supplementary groups.
+   */
+  runAs?: { uid: number; gid: number; groups: number[]; user: string };
 }
 
 /** A refusal by policy. */
@@ -115,14 +124,60 @@ async function _lookupUser(user: string): Promise<_Account | null> {
   return null;
 }
 
-async function _lookupGroup(group: string): Promise<number | null> {
+interface _Group {
+  name: string;
+  gid: number;
+  members: string[];
+}
+
+async function _groups(): Promise<_Group[]> {
   const text = await Deno.readTextFile("/etc/group").catch(() => "");
+  const out: _Group[] = [];
   for (const line of text.split("\n")) {
     const f = line.split(":");
-    if (f.length < 3) continue;
-    if (f[0] === group || f[2] === group) return Number(f[2]);
+    if (f.length < 4 || !/^\d+$/.test(f[2])) continue;
+    out.push({ name: f[0], gid: Number(f[2]), members: f[3].split(",").filter((m) => m) });
   }
-  return /^\d+$/.test(group) ? Number(group) : null;
+  return out;
+}
+
+/** A group named or numbered `group`; a number not in /etc/group stands for itself. */
+function _findGroup(groups: _Group[], group: string): { name: string; gid: number } | null {
+  const g = groups.find((x) => x.name === group || String(x.gid) === group);
+  if (g) return g;
+  return /^\d+$/.test(group) ? { name: group, gid: Number(group) } : null;
+}
+
+/**
+ * The groups a run as `account` gets, and checks: its primary group (or
+ * the one asked for) and the groups that list it in /etc/group. A group
+ * asked for must be one of the user's own or in `allowGroups`.
+ */
+async function _runAsGroups(
+  account: _Account,
+  requested: string | undefined,
+  policy: LaunchPolicy,
+): Promise<{ gid: number; groups: number[] } | string> {
+  const all = await _groups();
+  const own = new Set([
+    account.gid,
+    ...all.filter((g) => g.members.includes(account.name)).map((g) => g.gid),
+  ]);
+  let gid = account.gid;
+  if (requested !== undefined) {
+    const g = _findGroup(all, requested);
+    if (!g) return `no such group ${JSON.stringify(requested)}`;
+    const allowed = own.has(g.gid) ||
+      policy.allowGroups.some((a) => a === g.name || a === String(g.gid));
+    if (!allowed) {
+      return `group ${g.name} is neither one of ${account.name}'s own groups nor among the ` +
+        `allowed groups (${
+          policy.allowGroups.join(", ") || "no allow_group in the configuration"
+        })`;
+    }
+    gid = g.gid;
+  }
+  return { gid, groups: [...own].sort((a, b) => a - b) };
 }
 
 /**
@@ -138,7 +193,7 @@ async function _lookupGroup(group: string): Promise<number | null> {
 export async function prepareLaunch(
   req: LaunchRequest,
   policy: LaunchPolicy,
-): Promise<PreparedLaunch | PolicyRefusal | SpawnFailure> {
+): Promise<PreparedLaunch | PolicyRefusal | ProgramFailure> {
   const refuse = (message: string): PolicyRefusal => ({ code: "policy", message });
   const argvBytes = req.argv.reduce((n, a) => n + _enc.encode(a).length + 1, 0);
   if (argvBytes > policy.maxArgvBytes) {
@@ -179,16 +234,12 @@ export async function prepareLaunch(
           : `user ${account.name} is not among the allowed users (${policy.allowUsers.join(", ")})`,
       );
     }
-    let gid = account.gid;
-    if (req.group !== undefined) {
-      const g = await _lookupGroup(req.group);
-      if (g === null) return refuse(`no such group ${JSON.stringify(req.group)}`);
-      gid = g;
-    }
+    const groups = await _runAsGroups(account, req.group, policy);
+    if (typeof groups === "string") return refuse(groups);
     if (Deno.uid() !== 0) {
       return refuse("cmappserver is not running as root: it cannot switch users");
     }
-    runAs = { uid: account.uid, gid, user: account.name };
+    runAs = { uid: account.uid, gid: groups.gid, groups: groups.groups, user: account.name };
     env.HOME ??= account.home;
     env.USER ??= account.name;
     env.LOGNAME ??= account.name;

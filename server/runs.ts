@@ -1,38 +1,53 @@
 /**
  * The run table: every process started for a manager, by id and by name;
- * attaching instead of starting a second copy; exit statuses kept until a
- * manager has received them; stopping; and re-adopting the runs of a
- * previous daemon from the state directory. Knows nothing of TLS or frames.
+ * attaching instead of starting a second copy; the process limit, reserved
+ * before the first await; exit statuses kept until a manager has received
+ * them; stopping; and re-adopting, from the state directory and the
+ * supervisors' sockets, the runs of an earlier cmappserver. Runs are
+ * ordered by a sequence number, never by the clock. Knows nothing of TLS or
+ * frames.
  *
  * @module
  */
 
 import { describeExit, type ExitStatus } from "../protocol/mod.ts";
 import type { Logger } from "../log/logger.ts";
+import { crashPoint } from "./_crash.ts";
 import { type LaunchPolicy, type LaunchRequest, prepareLaunch } from "./policy.ts";
-import type { RunRecord, RunStore } from "./store.ts";
-import { RunStreams } from "./streams.ts";
-import { bootId, isLive, processStartTime, type ProcStat, procStats } from "./procfs.ts";
+import type { ProgramFailure } from "./program.ts";
 import {
-  readStatusFile,
-  signalSession,
-  type SpawnedProcess,
-  type SpawnFailure,
-  type SpawnRequest,
-  type SupervisorKind,
+  type AnyRunRecord,
+  type ExitRecord,
+  type Outcome,
+  RECORD_FORMAT,
+  type RunRecord,
+  type StreamCounts,
+} from "./records.ts";
+import type { RunStore, StoredRun } from "./store.ts";
+import { RunStreams } from "./streams.ts";
+import {
+  LinkError,
+  openInput,
+  openOutput,
+  startSupervisor,
+  startWatcher,
+  type SupervisorExit,
+  SupervisorLink,
 } from "./supervisor.ts";
 
 /** One monitored process. */
 export interface Run {
   /** Server-assigned identifier, unique across restarts. */
   readonly id: string;
+  /** Launch order on this state directory. */
+  readonly seq: number;
   /** Its name: runs are attached to by name. */
   readonly name: string;
   /** What was started. */
   readonly argv: readonly string[];
-  /** Process id (and process group id). */
-  readonly pid: number;
-  /** When it was started. */
+  /** Process id (and process group id); 0 while not known yet. */
+  pid: number;
+  /** When it was started (wall clock: shown only). */
   readonly startedAt: Date;
   /** Fingerprint of the manager that launched it. */
   readonly launchedBy: string;
@@ -42,14 +57,16 @@ export interface Run {
   exit: ExitStatus | null;
   /** Why its exit status is unknown, when it ended unwatched. */
   lost: string | null;
-  /** When it ended, once it has. */
+  /** When it ended, once it has (wall clock: shown only). */
   endedAt: Date | null;
   /** True once a manager has received how it ended. */
   delivered: boolean;
   /** True when it was started by an earlier cmappserver. */
   readonly adopted: boolean;
-  /** Its standard streams, when a manager asked for them at launch. */
-  readonly io: RunStreams | null;
+  /** Its standard streams, while this daemon holds them. */
+  io: RunStreams | null;
+  /** True while its supervisor could not be asked (it is taken as running meanwhile). */
+  unconfirmed: boolean;
 }
 
 /** True once a run has ended (with a known status or not). */
@@ -77,12 +94,10 @@ export interface RunTableOptions {
   stopTimeoutMs: number;
   /** What may be launched. */
   policy: LaunchPolicy;
-  /** Which supervisor runs each process. */
-  supervisor: SupervisorKind;
   /** Where runs are recorded. */
   store: RunStore;
-  /** Starts a process (see supervisor.ts); the helper paths are the caller's to add. */
-  spawn(req: Omit<SpawnRequest, "helpers">): Promise<SpawnedProcess | SpawnFailure>;
+  /** The installed supervisor program. */
+  supervisor: string;
   /** Where events go. */
   logger: Logger;
 }
@@ -102,6 +117,28 @@ export interface RunLaunchOptions extends LaunchRequest {
 /** Listener told when a run ends. */
 export type ExitListener = (run: Run) => void;
 
+/** How often a supervisor that could not be asked is asked again, in ms. */
+const _RETRY_MS = 1000;
+/** How often an exit status that could not be recorded is tried again, in ms. */
+const _RECORD_RETRY_MS = 5000;
+
+/** What the table keeps of each run beside the run itself. */
+interface _Slot {
+  run: Run;
+  record: AnyRunRecord;
+  link: SupervisorLink | null;
+  /** When it ended, on the monotonic clock (ms); for the age limit. */
+  endedTick: number | null;
+  /** Stream byte counts from its exit record, for receivers attaching after the end. */
+  counts: StreamCounts | null;
+  /** A stop asked for while the supervisor could not be reached. */
+  pendingStop: number | null;
+  /** The exit record is not on disk yet (the state directory is full or read-only). */
+  unrecorded: ExitRecord | null;
+  /** Something is being done about it (resolving, recording): not twice at once. */
+  busy: boolean;
+}
+
 /**
  * Runs by id and name, with the process limit, the policy, persistence and
  * bounded memory of finished runs.
@@ -115,22 +152,22 @@ export type ExitListener = (run: Run) => void;
  */
 export class RunTable {
   readonly #o: RunTableOptions;
-  readonly #runs = new Map<string, Run>();
+  readonly #slots = new Map<string, _Slot>();
   readonly #byName = new Map<string, Run>();
   readonly #listeners = new Map<string, Set<ExitListener>>();
   readonly #launching = new Map<string, Promise<unknown>>();
   readonly #stopTimers = new Map<string, ReturnType<typeof setTimeout>>();
+  readonly #retryTimers = new Map<string, ReturnType<typeof setTimeout>>();
   /** Finished runs whose status no manager has received, in the order they ended. */
   readonly #undelivered = new Set<Run>();
   /** Finished runs whose status was received, in the order it was. */
   readonly #delivered = new Set<Run>();
   /** Every finished run, in the order they ended (for the age limit). */
   readonly #byEnd = new Set<Run>();
-  /** Runs watched by polling, with their supervisor's pid. */
-  readonly #watched = new Map<Run, RunRecord>();
-  #running = 0;
-  #boot = "unknown";
-  #poller: ReturnType<typeof setInterval> | null = null;
+  /** Runs not ended, and slots reserved for launches under way. */
+  #live = 0;
+  #starting = 0;
+  #seq = 1;
   #closed = false;
 
   private constructor(options: RunTableOptions) {
@@ -138,19 +175,18 @@ export class RunTable {
   }
 
   /**
-   * Opens the table: re-adopts the runs recorded in the state directory by
-   * an earlier cmappserver, and starts watching those still running.
+   * Opens the table: reads the runs recorded in the state directory by an
+   * earlier cmappserver and resolves each one through its supervisor.
    */
   static async open(options: RunTableOptions): Promise<RunTable> {
     const table = new RunTable(options);
-    table.#boot = await bootId();
     await table.#recover();
     return table;
   }
 
-  /** Number of runs whose process is alive. */
+  /** Number of runs not known to have ended. */
   get running(): number {
-    return this.#running;
+    return this.#live;
   }
 
   /** The most processes that may run at once. */
@@ -158,24 +194,31 @@ export class RunTable {
     return this.#o.maxProcesses;
   }
 
-  /** Every run known, oldest first. */
+  /** Every run known, in launch order. */
   list(): Run[] {
-    return [...this.#runs.values()].sort((a, b) => a.startedAt.getTime() - b.startedAt.getTime());
+    return [...this.#slots.values()].map((s) => s.run).sort((a, b) => a.seq - b.seq);
   }
 
   /** A run by id. */
   get(id: string): Run | undefined {
-    return this.#runs.get(id);
+    return this.#slots.get(id)?.run;
+  }
+
+  /** The stream byte counts recorded at a run's end, when it had streams. */
+  finalCounts(id: string): StreamCounts | null {
+    return this.#slots.get(id)?.counts ?? null;
   }
 
   /**
    * Starts a process, or attaches to the run of the same name when it is
    * still running or its exit status has not been received by a manager.
+   * The process limit is checked and a slot reserved before anything is
+   * awaited, and given back on every failure.
    */
   async launch(
     req: RunLaunchOptions,
     launchedBy: string,
-  ): Promise<{ run: Run; attached: boolean } | Refusal | SpawnFailure> {
+  ): Promise<{ run: Run; attached: boolean } | Refusal | ProgramFailure> {
     const name = req.name ?? await deriveName(req.argv);
     // One launch per name at a time: a second one waits, then attaches.
     for (;;) {
@@ -185,117 +228,115 @@ export class RunTable {
     }
     const existing = this.#byName.get(name);
     if (existing && (!hasEnded(existing) || !existing.delivered)) {
+      if (existing.pid === 0) await this.#confirmed(existing);
       return { run: existing, attached: true };
     }
-    if (this.#running >= this.#o.maxProcesses) {
+    if (this.#live + this.#starting >= this.#o.maxProcesses) {
       return {
         code: "limit",
-        message: `cmappserver is already monitoring ${this.#running} processes, its limit ` +
-          `(max_processes ${this.#o.maxProcesses})`,
+        message: `cmappserver is already monitoring ${this.#live + this.#starting} processes, ` +
+          `its limit (max_processes ${this.#o.maxProcesses})`,
       };
     }
-    const work = this.#start(req, name, launchedBy);
+    this.#starting++;
+    const slot = { held: true };
+    const work = this.#start(req, name, launchedBy, slot);
     this.#launching.set(name, work);
     try {
       return await work;
     } finally {
+      if (slot.held) this.#starting--;
       this.#launching.delete(name);
     }
   }
 
+  /** Starts a run in a reserved slot (`reserved.held` until the run is in the table). */
   async #start(
     req: RunLaunchOptions,
     name: string,
     launchedBy: string,
-  ): Promise<{ run: Run; attached: boolean } | Refusal | SpawnFailure> {
+    reserved: { held: boolean },
+  ): Promise<{ run: Run; attached: boolean } | Refusal | ProgramFailure> {
     const prepared = await prepareLaunch(req, this.#o.policy);
     if ("code" in prepared) return prepared;
-    const id = _newRunId();
-    const p = await this.#o.spawn({
-      argv: prepared.argv,
-      program: prepared.program,
-      env: prepared.env,
-      cwd: prepared.cwd,
-      statusFile: this.#o.store.statusFile(id),
-      supervisor: this.#o.supervisor,
-      runAs: prepared.runAs,
-      streams: req.streams,
-      stdin: req.stdin,
-    });
-    if ("code" in p) return p;
-    const run: Run = {
-      id,
+    const seq = this.#seq++;
+    const record: RunRecord = {
+      format: RECORD_FORMAT,
+      id: _newRunId(seq),
+      seq,
       name,
       argv: [...req.argv],
-      pid: p.pid,
-      startedAt: new Date(),
       launchedBy,
+      startedAt: new Date().toISOString(),
       stopTimeoutMs: req.stopTimeoutMs ?? this.#o.stopTimeoutMs,
-      exit: null,
-      lost: null,
-      endedAt: null,
-      delivered: false,
-      adopted: false,
-      io: p.io ? new RunStreams(p.io) : null,
+      streams: !!(req.streams || req.stdin),
+      stdin: !!req.stdin,
     };
-    const record: RunRecord = {
-      id,
-      name,
-      argv: run.argv as string[],
-      pid: p.pid,
-      // From the supervisor's first line; a supervisor that could not read it
-      // (or an older one) leaves it to /proc, through a subprocess.
-      pidStart: p.pidStart ?? await processStartTime(p.pid),
-      supervisorPid: p.supervisorPid,
-      supervisorStart: p.supervisorStart,
-      bootId: this.#boot,
-      startedAt: run.startedAt.toISOString(),
-      launchedBy,
-      stopTimeoutMs: run.stopTimeoutMs,
-    };
-    this.#add(run);
+    const { id } = record;
+    crashPoint("launch.before-record");
     try {
-      // In place before the reply, so a restarted cmappserver re-adopts it;
-      // synced to disk after it (see RunStore).
-      await this.#o.store.write(record);
+      await this.#o.store.writeRecord(record);
     } catch (e) {
-      this.#o.logger.error(
-        `run ${id}: cannot record it in ${this.#o.store.dir}: ${(e as Error).message}; ` +
-          `it will not survive a restart of cmappserver`,
-      );
+      return {
+        code: "spawn_failed",
+        message: `cannot record the run in ${this.#o.store.dir}, so it was not started: ` +
+          (e as Error).message,
+      };
     }
-    p.exited.then(async (exit) => {
-      if (exit) return this.#finish(run, exit, null);
-      // The supervisor ended without a status: watch the process itself.
-      if (await processStartTime(run.pid) !== null) this.#watch(run, record);
-      else this.#finish(run, null, "its supervisor ended without recording an exit status");
+    crashPoint("launch.after-record");
+    const started = await startSupervisor({
+      binary: this.#o.supervisor,
+      runsDir: this.#o.store.runsDir,
+      id,
+      program: prepared.program,
+      argv: [prepared.program, ...prepared.argv.slice(1)],
+      env: prepared.env,
+      cwd: prepared.cwd,
+      runAs: prepared.runAs,
+      streams: record.streams,
+      stdin: record.stdin,
     });
-    return { run, attached: false };
+    if ("code" in started) {
+      await this.#o.store.discard(id).catch(() => {});
+      return started;
+    }
+    crashPoint("launch.after-spawn");
+    const slot = this.#add(record, started.pid, false);
+    this.#starting--;
+    reserved.held = false;
+    await this.#link(slot, true);
+    crashPoint("launch.after-link");
+    return { run: slot.run, attached: false };
   }
 
   /**
-   * Stops a run: SIGTERM to its process group, then SIGKILL after the grace
-   * period. Returns false when the run is unknown or already ended.
+   * Stops a run: SIGTERM to its process group and session, then SIGKILL
+   * after the grace period (the supervisor does both, so a restart of
+   * cmappserver does not interrupt it). Returns false when the run is
+   * unknown or already ended.
    */
   stop(id: string, timeoutMs?: number): boolean {
-    const run = this.#runs.get(id);
-    if (!run || hasEnded(run)) return false;
+    const slot = this.#slots.get(id);
+    if (!slot || hasEnded(slot.run)) return false;
+    const { run } = slot;
     const grace = timeoutMs ?? run.stopTimeoutMs;
     this.#o.logger.info(
       `run ${run.id} (${run.name}) pid ${run.pid}: stopping (SIGTERM, SIGKILL after ${grace} ms)`,
     );
-    void signalSession(run.pid, "SIGTERM");
+    if (slot.link) slot.link.stop(grace);
+    else slot.pendingStop = grace;
     if (!this.#stopTimers.has(id)) {
-      const timer = setTimeout(() => {
-        this.#stopTimers.delete(id);
-        if (!hasEnded(run)) {
-          this.#o.logger.warn(
-            `run ${run.id} (${run.name}): still alive after ${grace} ms; SIGKILL`,
-          );
-          void signalSession(run.pid, "SIGKILL");
-        }
-      }, grace);
-      this.#stopTimers.set(id, timer);
+      this.#stopTimers.set(
+        id,
+        setTimeout(() => {
+          this.#stopTimers.delete(id);
+          if (!hasEnded(run)) {
+            this.#o.logger.warn(
+              `run ${run.id} (${run.name}): still alive after ${grace} ms; SIGKILL`,
+            );
+          }
+        }, grace),
+      );
     }
     return true;
   }
@@ -303,7 +344,7 @@ export class RunTable {
   /** Stops every running run and waits until they have all ended. */
   async stopAll(): Promise<void> {
     const waits: Promise<void>[] = [];
-    for (const run of this.#runs.values()) {
+    for (const { run } of this.#slots.values()) {
       if (hasEnded(run)) continue;
       waits.push(new Promise((resolve) => this.onExit(run.id, () => resolve())));
       this.stop(run.id);
@@ -318,15 +359,17 @@ export class RunTable {
    * status is delivered once more, which at-least-once allows.
    */
   async release(id: string): Promise<boolean> {
-    const run = this.#runs.get(id);
+    const run = this.#slots.get(id)?.run;
     if (!run || !hasEnded(run)) return false;
     if (run.delivered) return true;
     run.delivered = true;
     this.#undelivered.delete(run);
     this.#delivered.add(run);
+    crashPoint("release.before-marker");
     await this.#o.store.markDelivered(id).catch((e) =>
       this.#o.logger.error(`run ${id}: cannot record its delivery: ${(e as Error).message}`)
     );
+    crashPoint("release.after-marker");
     this.#prune();
     return true;
   }
@@ -336,7 +379,7 @@ export class RunTable {
    * Returns a function that cancels it.
    */
   onExit(id: string, listener: ExitListener): () => void {
-    const run = this.#runs.get(id);
+    const run = this.#slots.get(id)?.run;
     if (!run) return () => {};
     if (hasEnded(run)) {
       queueMicrotask(() => listener(run));
@@ -348,46 +391,97 @@ export class RunTable {
     return () => set.delete(listener);
   }
 
-  /** Stops background work (watchers, timers); processes are left alone. */
-  close(): void {
+  /**
+   * Lets go of every run (connections to supervisors, timers); processes
+   * and supervisors are left alone, for the next cmappserver.
+   */
+  async close(): Promise<void> {
     this.#closed = true;
-    if (this.#poller !== null) clearInterval(this.#poller);
-    this.#poller = null;
-    for (const t of this.#stopTimers.values()) clearTimeout(t);
+    for (const t of [...this.#stopTimers.values(), ...this.#retryTimers.values()]) {
+      clearTimeout(t);
+    }
     this.#stopTimers.clear();
+    this.#retryTimers.clear();
+    const links: Promise<void>[] = [];
+    for (const slot of this.#slots.values()) {
+      slot.run.io?.close();
+      if (slot.link) links.push(slot.link.close());
+      slot.link = null;
+    }
+    await Promise.all(links);
   }
 
-  #add(run: Run): void {
-    this.#runs.set(run.id, run);
+  // ---------- runs in the table ----------
+
+  #add(record: AnyRunRecord, pid: number, adopted: boolean): _Slot {
+    const run: Run = {
+      id: record.id,
+      seq: record.seq,
+      name: record.name,
+      argv: record.argv,
+      pid,
+      startedAt: new Date(record.startedAt),
+      launchedBy: record.launchedBy,
+      stopTimeoutMs: record.stopTimeoutMs,
+      exit: null,
+      lost: null,
+      endedAt: null,
+      delivered: false,
+      adopted,
+      io: null,
+      unconfirmed: false,
+    };
+    const slot: _Slot = {
+      run,
+      record,
+      link: null,
+      endedTick: null,
+      counts: null,
+      pendingStop: null,
+      unrecorded: null,
+      busy: false,
+    };
+    this.#slots.set(run.id, slot);
     const prev = this.#byName.get(run.name);
-    if (!prev || prev.startedAt <= run.startedAt) this.#byName.set(run.name, run);
-    if (!hasEnded(run)) this.#running++;
-    else {
-      (run.delivered ? this.#delivered : this.#undelivered).add(run);
-      this.#byEnd.add(run);
+    if (!prev || prev.seq < run.seq) this.#byName.set(run.name, run);
+    this.#live++;
+    this.#seq = Math.max(this.#seq, record.seq + 1);
+    return slot;
+  }
+
+  /** Takes a run off the table (it never started: nothing of it runs). */
+  #drop(slot: _Slot): void {
+    const { run } = slot;
+    this.#slots.delete(run.id);
+    if (!hasEnded(run)) this.#live--;
+    if (this.#byName.get(run.name) === run) {
+      this.#byName.delete(run.name);
+      let best: Run | undefined;
+      for (const s of this.#slots.values()) {
+        if (s.run.name === run.name && (!best || best.seq < s.run.seq)) best = s.run;
+      }
+      if (best) this.#byName.set(run.name, best);
     }
   }
 
-  #finish(run: Run, exit: ExitStatus | null, lost: string | null): void {
+  /** Marks a run ended: bookkeeping, log, listeners, retention. */
+  #finish(slot: _Slot, outcome: Outcome, pid: number | null, counts: StreamCounts | null): void {
+    const { run } = slot;
     if (hasEnded(run)) return;
-    run.exit = exit;
-    run.lost = exit ? null : lost;
+    if (pid && !run.pid) run.pid = pid;
+    run.exit = outcome.exit ?? null;
+    run.lost = outcome.exit ? null : outcome.lost;
     run.endedAt = new Date();
-    this.#running--;
+    run.unconfirmed = false;
+    slot.endedTick = performance.now();
+    slot.counts = counts;
+    this.#endedStreams(slot);
+    this.#live--;
     (run.delivered ? this.#delivered : this.#undelivered).add(run);
     this.#byEnd.add(run);
-    this.#watched.delete(run);
-    const timer = this.#stopTimers.get(run.id);
-    if (timer !== undefined) {
-      // It was being stopped: whatever is left of its session goes too.
-      clearTimeout(timer);
-      void signalSession(run.pid, "SIGKILL");
-    }
+    clearTimeout(this.#stopTimers.get(run.id));
     this.#stopTimers.delete(run.id);
     this.#o.logger.info(describeRunEnd(run));
-    if (!exit) {
-      this.#o.store.writeExit(run.id, `lost ${lost}`).catch(() => {});
-    }
     const set = this.#listeners.get(run.id);
     this.#listeners.delete(run.id);
     for (const l of set ?? []) l(run);
@@ -395,17 +489,232 @@ export class RunTable {
   }
 
   /**
+   * A run that had streams and ended without this daemon holding them: a
+   * receiver attaching is told where each ended, so it can tell what it missed.
+   */
+  #endedStreams(slot: _Slot): void {
+    const { run, record, counts } = slot;
+    if (run.io || !counts || record.format !== 2 || !record.streams) return;
+    run.io = RunStreams.ended(counts);
+  }
+
+  /** Resolves once the run's supervisor has been asked and its pid is known. */
+  async #confirmed(run: Run): Promise<void> {
+    while (run.pid === 0 && !hasEnded(run) && !this.#closed && this.#slots.has(run.id)) {
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+
+  // ---------- supervisors ----------
+
+  /**
+   * Connects to a run's supervisor: its control connection, then (for a
+   * run that has them and has not ended) its streams. A supervisor that
+   * cannot be asked now is asked again later, and the run counts as
+   * running meanwhile; one that is gone is replaced by what its files say.
+   */
+  async #link(slot: _Slot, fresh: boolean): Promise<void> {
+    const { run } = slot;
+    const path = this.#o.store.socketPath(run.id);
+    let link: SupervisorLink;
+    try {
+      link = await SupervisorLink.open(path);
+    } catch (e) {
+      if (e instanceof LinkError && e.kind === "gone") return await this.#gone(slot);
+      return this.#retry(slot, e as Error);
+    }
+    if (this.#closed) return void await link.close();
+    slot.link = link;
+    run.pid = link.pid;
+    run.unconfirmed = false;
+    this.#clearRetry(run.id);
+    if (slot.record.format === 2 && slot.record.streams && !run.io) {
+      run.io = await this.#openStreams(slot, fresh).catch((e) => {
+        this.#o.logger.error(`run ${run.id} (${run.name}): cannot take its streams: ${e.message}`);
+        return null;
+      });
+    }
+    if (slot.pendingStop !== null) {
+      link.stop(slot.pendingStop);
+      slot.pendingStop = null;
+    }
+    link.ended.then((exit) => this.#linkEnded(slot, link, exit));
+  }
+
+  async #openStreams(slot: _Slot, fresh: boolean): Promise<RunStreams> {
+    const path = this.#o.store.socketPath(slot.run.id);
+    const [out, err] = [await openOutput(path, "stdout"), await openOutput(path, "stderr")];
+    const stdin = slot.record.format === 2 && slot.record.stdin ? await openInput(path) : null;
+    for (const [name, o] of [["stdout", out], ["stderr", err]] as const) {
+      if (o.dropped > 0) {
+        this.#o.logger.warn(
+          `run ${slot.run.id} (${slot.run.name}): ${o.dropped} bytes of its ${name} were ` +
+            `discarded by its supervisor while no cmappserver was there`,
+        );
+      }
+    }
+    return new RunStreams({
+      stdout: out,
+      stderr: err,
+      stdin,
+      holdFirst: fresh,
+      closeOutput: (stream) => slot.link?.closeOutput(stream),
+    });
+  }
+
+  #linkEnded(slot: _Slot, link: SupervisorLink, exit: SupervisorExit | null): void {
+    if (slot.link !== link || this.#closed) return;
+    if (exit) {
+      void this.#ended(slot, exit);
+      return;
+    }
+    // The connection broke without an exit: the supervisor died (or was killed).
+    slot.link = null;
+    void link.close();
+    this.#o.logger.warn(`run ${slot.run.id} (${slot.run.name}): its supervisor went away`);
+    void this.#link(slot, false);
+  }
+
+  /** The supervisor reported the end: record it (unless it did), then let it go. */
+  async #ended(slot: _Slot, exit: SupervisorExit): Promise<void> {
+    const { run } = slot;
+    const record: ExitRecord = { outcome: exit.outcome, pid: run.pid || null, counts: exit.counts };
+    this.#finish(slot, exit.outcome, run.pid, exit.counts);
+    crashPoint("exit.before-record");
+    if (!exit.recorded) await this.#record(slot, record);
+    else this.#release(slot);
+  }
+
+  /** Writes an exit record the supervisor could not; until it is on disk the supervisor keeps it. */
+  async #record(slot: _Slot, record: ExitRecord): Promise<void> {
+    try {
+      await this.#o.store.writeExit(slot.run.id, record);
+    } catch (e) {
+      if (!slot.unrecorded) {
+        this.#o.logger.error(
+          `run ${slot.run.id} (${slot.run.name}): cannot record how it ended in ` +
+            `${this.#o.store.dir}: ${(e as Error).message}; its supervisor keeps it until it ` +
+            `can be recorded (tried again every ${_RECORD_RETRY_MS / 1000} s)`,
+        );
+      }
+      slot.unrecorded = record;
+      this.#later(slot.run.id, _RECORD_RETRY_MS, () => {
+        if (slot.unrecorded && this.#slots.has(slot.run.id)) void this.#record(slot, record);
+      });
+      return;
+    }
+    if (slot.unrecorded) {
+      this.#o.logger.info(`run ${slot.run.id} (${slot.run.name}): its end is recorded now`);
+    }
+    slot.unrecorded = null;
+    this.#release(slot);
+  }
+
+  /** The end is on disk: the supervisor may go. */
+  #release(slot: _Slot): void {
+    crashPoint("exit.after-record");
+    const link = slot.link;
+    slot.link = null;
+    if (link) {
+      link.done();
+      void link.close();
+    }
+  }
+
+  /** No supervisor answers: what do the run's files say? */
+  async #gone(slot: _Slot): Promise<void> {
+    const { run, record } = slot;
+    const store = this.#o.store;
+    const exit = await store.readExit(run.id);
+    if (exit) return this.#finish(slot, exit.outcome, exit.pid, exit.counts);
+    const pids = record.format === 1 ? null : await store.readPid(run.id);
+    if (record.format === 2 && !pids) {
+      if (run.pid === 0) {
+        // No pid record: its application was never run (see docs/cmapp-supervise.md).
+        this.#o.logger.info(
+          `run ${run.id} (${run.name}) was never started (cmappserver stopped while starting it); ` +
+            `forgotten`,
+        );
+        this.#drop(slot);
+        await store.discard(run.id).catch(() => {});
+        return;
+      }
+      return this.#lose(slot, "its supervisor and its pid record disappeared while it ran");
+    }
+    const legacy = record.format === 1
+      ? {
+        pid: record.pid,
+        pidStart: record.pidStart ?? 0,
+        supervisorPid: record.supervisorPid,
+        supervisorStart: record.supervisorStart ?? 0,
+        bootId: record.bootId,
+      }
+      : undefined;
+    if (pids && !run.pid) run.pid = pids.pid;
+    const w = await startWatcher(this.#o.supervisor, store.runsDir, run.id, legacy);
+    if ("code" in w) return this.#retry(slot, new Error(w.message));
+    this.#o.logger.warn(
+      `run ${run.id} (${run.name}) pid ${w.pid}: its supervisor was gone; a watcher follows it ` +
+        `(its exit status will not be known)`,
+    );
+    await this.#link(slot, false);
+  }
+
+  async #lose(slot: _Slot, why: string): Promise<void> {
+    const record: ExitRecord = {
+      outcome: { lost: why },
+      pid: slot.run.pid || null,
+      counts: { stdout: null, stderr: null, stdin: null },
+    };
+    this.#finish(slot, record.outcome, null, null);
+    await this.#record(slot, record);
+  }
+
+  /** Asks the supervisor again later: nothing is concluded from a failure to ask. */
+  #retry(slot: _Slot, e: Error): void {
+    const { run } = slot;
+    if (this.#closed || !this.#slots.has(run.id)) return;
+    if (!run.unconfirmed) {
+      this.#o.logger.warn(
+        `run ${run.id} (${run.name}): cannot reach its supervisor (${e.message}); taken as ` +
+          `running, asked again until it answers`,
+      );
+    }
+    run.unconfirmed = true;
+    this.#later(run.id, _RETRY_MS, () => void this.#link(slot, false));
+  }
+
+  #later(id: string, ms: number, f: () => void): void {
+    this.#clearRetry(id);
+    if (this.#closed) return;
+    this.#retryTimers.set(
+      id,
+      setTimeout(() => {
+        this.#retryTimers.delete(id);
+        if (!this.#closed) f();
+      }, ms),
+    );
+  }
+
+  #clearRetry(id: string): void {
+    clearTimeout(this.#retryTimers.get(id));
+    this.#retryTimers.delete(id);
+  }
+
+  // ---------- retention ----------
+
+  /**
    * Forgets finished runs beyond the age limit (oldest end first), then
    * beyond the count limit: received ones first, in the order they were
-   * received, then unreceived ones, oldest end first. Amortised O(1): every
-   * set is kept in its order (runs end, and are received, in time order), so
-   * only their heads are looked at.
+   * received, then unreceived ones, oldest end first. Amortised O(1).
+   * Ages are measured on the monotonic clock, so a clock step forgets nothing.
    */
   #prune(): void {
-    const now = Date.now();
+    const now = performance.now();
     const head = (set: Set<Run>) => set.values().next().value as Run | undefined;
     for (let r = head(this.#byEnd); r; r = head(this.#byEnd)) {
-      if (now - r.endedAt!.getTime() <= this.#o.keepFinishedMs) break;
+      const tick = this.#slots.get(r.id)?.endedTick ?? now;
+      if (now - tick <= this.#o.keepFinishedMs) break;
       this.#forget(r);
     }
     let excess = this.#byEnd.size - this.#o.keepFinished;
@@ -415,125 +724,77 @@ export class RunTable {
   }
 
   #forget(run: Run): void {
+    const slot = this.#slots.get(run.id);
     this.#byEnd.delete(run);
     this.#delivered.delete(run);
     this.#undelivered.delete(run);
-    this.#runs.delete(run.id);
+    this.#slots.delete(run.id);
+    this.#clearRetry(run.id);
     run.io?.close();
+    if (slot?.link) {
+      // forgotten: nothing of it is wanted any more, recorded or not
+      slot.link.done();
+      void slot.link.close();
+      slot.link = null;
+    }
     if (this.#byName.get(run.name) === run) this.#byName.delete(run.name);
     this.#o.store.remove(run.id).catch(() => {});
   }
 
+  // ---------- recovery ----------
+
   async #recover(): Promise<void> {
     const { runs, damaged } = await this.#o.store.loadAll();
-    for (const d of damaged) {
-      this.#o.logger.warn(`state: set aside a damaged run record: ${d}`);
-    }
-    // One read of /proc for every process the records name.
-    const procs = await procStats(
-      runs.filter((r) => !r.exit).flatMap(({ record }) => [record.pid, record.supervisorPid]),
-    );
-    const startOf = (pid: number) => {
-      const st = procs.get(pid);
-      return isLive(st) ? st.startTime : null;
-    };
-    // A pid alone could be a later, unrelated process: compare start times
-    // where the record has one.
-    const supervisorAlive = (r: RunRecord) =>
-      _isSupervisor(procs.get(r.supervisorPid), r.supervisorStart);
-    for (const { record, exit, delivered } of runs) {
-      const lostLine = await Deno.readTextFile(this.#o.store.statusFile(record.id)).catch(() => "");
-      const run: Run = {
-        id: record.id,
-        name: record.name,
-        argv: record.argv,
-        pid: record.pid,
-        startedAt: new Date(record.startedAt),
-        launchedBy: record.launchedBy,
-        stopTimeoutMs: record.stopTimeoutMs,
-        exit,
-        lost: !exit && lostLine.startsWith("lost ") ? lostLine.slice(5).trim() : null,
-        endedAt: null,
-        delivered,
-        adopted: true,
-        io: null,
-      };
-      if (hasEnded(run)) {
-        const st = await Deno.stat(this.#o.store.statusFile(record.id)).catch(() => null);
-        run.endedAt = st?.mtime ?? new Date();
-        this.#add(run);
-        continue;
-      }
-      this.#add(run);
-      if (record.bootId !== this.#boot) {
-        this.#finish(run, null, "the guest was restarted while it ran");
-        continue;
-      }
-      const alive = record.pidStart !== null && startOf(record.pid) === record.pidStart;
-      if (alive || supervisorAlive(record)) {
-        this.#o.logger.info(
-          `state: re-adopted run ${run.id} (${run.name}) pid ${run.pid}, started ${record.startedAt}`,
-        );
-        this.#watch(run, record);
+    for (const d of damaged) this.#o.logger.warn(`state: set aside a damaged run record: ${d}`);
+    const open: _Slot[] = [];
+    for (const stored of runs) {
+      const slot = this.#add(stored.record, stored.exit?.pid ?? stored.pid?.pid ?? 0, true);
+      slot.run.delivered = stored.delivered;
+      if (stored.exit) {
+        this.#finishRecovered(slot, stored);
+        if (stored.socket) open.push(slot); // its supervisor may be waiting to be let go
       } else {
-        const late = await readStatusFile(this.#o.store.statusFile(record.id));
-        if (late) this.#finish(run, late, null);
-        else {
-          this.#finish(
-            run,
-            null,
-            "it ended while no supervisor was there to record how",
-          );
-        }
+        open.push(slot);
       }
     }
-    // Recovered runs came in start order: put the finished ones in end order.
-    for (const set of [this.#delivered, this.#undelivered, this.#byEnd]) {
-      const sorted = [...set].sort((x, y) => x.endedAt!.getTime() - y.endedAt!.getTime());
-      set.clear();
-      for (const r of sorted) set.add(r);
-    }
+    // Finished runs came in launch order; an age is known only from the clock, once, here.
     this.#prune();
+    await _eachLimited(open, 32, async (slot) => {
+      // A finished run with a socket: its supervisor waits to hand over the end and what it
+      // held of the output.
+      await this.#link(slot, false);
+      if (!hasEnded(slot.run) && slot.link) {
+        this.#o.logger.info(
+          `state: re-adopted run ${slot.run.id} (${slot.run.name}) pid ${slot.run.pid}, ` +
+            `started ${slot.record.startedAt}`,
+        );
+      }
+    });
   }
 
-  /** Watches a run this daemon is not the parent of (re-adopted ones). */
-  #watch(run: Run, record: RunRecord): void {
-    this.#watched.set(run, record);
-    if (this.#poller !== null || this.#closed) return;
-    let busy = false;
-    this.#poller = setInterval(async () => {
-      if (busy) return;
-      busy = true;
-      try {
-        const watched = [...this.#watched];
-        // One read of /proc per tick for all of them, not two per run.
-        const procs = await procStats(watched.flatMap(([r, rec]) => [r.pid, rec.supervisorPid]));
-        for (const [r, record] of watched) {
-          const exit = await readStatusFile(this.#o.store.statusFile(r.id));
-          if (exit) {
-            this.#finish(r, exit, null);
-            continue;
-          }
-          const appAlive = isLive(procs.get(r.pid));
-          const supAlive = _isSupervisor(procs.get(record.supervisorPid), record.supervisorStart);
-          if (!appAlive && !supAlive) {
-            const late = await readStatusFile(this.#o.store.statusFile(r.id));
-            this.#finish(
-              r,
-              late,
-              "it ended while no supervisor was there to record how",
-            );
-          }
-        }
-        if (this.#watched.size === 0 && this.#poller !== null) {
-          clearInterval(this.#poller);
-          this.#poller = null;
-        }
-      } finally {
-        busy = false;
-      }
-    }, 250);
+  #finishRecovered(slot: _Slot, stored: StoredRun): void {
+    const { run } = slot;
+    const exit = stored.exit!;
+    run.exit = exit.outcome.exit ?? null;
+    run.lost = exit.outcome.exit ? null : exit.outcome.lost;
+    run.endedAt = new Date(run.startedAt);
+    slot.counts = exit.counts;
+    this.#live--;
+    if (!stored.socket) this.#endedStreams(slot); // else its supervisor hands them over
+    const ageMs = Math.max(0, Date.now() - run.startedAt.getTime());
+    slot.endedTick = performance.now() - Math.min(ageMs, this.#o.keepFinishedMs);
+    (run.delivered ? this.#delivered : this.#undelivered).add(run);
+    this.#byEnd.add(run);
   }
+}
+
+/** Runs `f` over `items`, at most `limit` at a time. */
+async function _eachLimited<T>(items: T[], limit: number, f: (x: T) => Promise<void>) {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await f(items[next++]);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
 /**
@@ -557,11 +818,10 @@ export async function deriveName(argv: readonly string[]): Promise<string> {
   return `${base}-${hex}`;
 }
 
-function _newRunId(): string {
-  const rand = crypto.getRandomValues(new Uint8Array(6));
-  return `${Date.now().toString(36)}-${
-    Array.from(rand, (b) => b.toString(16).padStart(2, "0")).join("")
-  }`;
+/** A run id: its sequence number (base 36) and 32 random bits. */
+function _newRunId(seq: number): string {
+  const rand = crypto.getRandomValues(new Uint8Array(4));
+  return `${seq.toString(36)}-${Array.from(rand, (b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
 
 /**
@@ -569,7 +829,7 @@ function _newRunId(): string {
  *
  * @example
  * ```ts ignore
- * describeRunEnd(run); // "run lq3-9f2a… (web) pid 4242 exited with code 0"
+ * describeRunEnd(run); // "run 1a-9f2a… (web) pid 4242 exited with code 0"
  * ```
  */
 export function describeRunEnd(run: Run): string {
@@ -579,9 +839,4 @@ export function describeRunEnd(run: Run): string {
     ? `ended, but its exit status is unknown: ${run.lost}`
     : "still running";
   return `run ${run.id} (${run.name}) pid ${run.pid} ${how}`;
-}
-
-/** Whether a process is a run's supervisor still alive: live and, when known, the same start time. */
-function _isSupervisor(st: ProcStat | undefined, start: number | null | undefined): boolean {
-  return isLive(st) && (start === null || start === undefined || st.startTime === start);
 }

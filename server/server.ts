@@ -18,8 +18,7 @@ import { serveConnection, type ServedConnection } from "./connection.ts";
 import { DEFAULT_POLICY, type LaunchPolicy } from "./policy.ts";
 import { RunTable } from "./runs.ts";
 import { RunStore } from "./store.ts";
-import { findHelpers, spawnProcess, type SupervisorKind } from "./supervisor.ts";
-import { setCatPath } from "./procfs.ts";
+import { installSupervisor } from "./supervisor_binary.ts";
 
 /** The port cmappserver listens on unless told otherwise. */
 export const DEFAULT_PORT = 5315;
@@ -60,8 +59,6 @@ export interface ServerOptions {
   stopTimeoutMs?: number;
   /** What may be launched; anything, as root's own user, by default. */
   policy?: Partial<LaunchPolicy>;
-  /** The per-run supervisor; perl when installed, else sh. */
-  supervisor?: SupervisorKind;
   /** Where events go; nowhere by default. */
   logger?: Logger;
 }
@@ -108,24 +105,24 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
   const maxFrameSize = options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE;
   const handshakeTimeoutMs = options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
   const maxConnections = options.maxConnections ?? 4096;
-  const helpers = await findHelpers();
-  setCatPath(helpers.cat);
-  const supervisor = options.supervisor ?? (helpers.perl ? "perl" : "sh");
-  if (supervisor === "perl" && !helpers.perl) {
-    throw new Error("supervisor perl asked for, but perl is not installed");
-  }
   const store = await RunStore.open(options.stateDir);
-  const table = await RunTable.open({
-    maxProcesses: options.maxProcesses ?? DEFAULT_MAX_PROCESSES,
-    keepFinished: options.keepFinished ?? 1000,
-    keepFinishedMs: options.keepFinishedMs ?? 7 * 86400_000,
-    stopTimeoutMs: options.stopTimeoutMs ?? 10_000,
-    policy: { ...DEFAULT_POLICY, ...options.policy },
-    supervisor,
-    store,
-    spawn: (req) => spawnProcess({ ...req, helpers }),
-    logger,
-  });
+  let table: RunTable;
+  try {
+    const supervisor = await installSupervisor(store.binDir);
+    table = await RunTable.open({
+      maxProcesses: options.maxProcesses ?? DEFAULT_MAX_PROCESSES,
+      keepFinished: options.keepFinished ?? 1000,
+      keepFinishedMs: options.keepFinishedMs ?? 7 * 86400_000,
+      stopTimeoutMs: options.stopTimeoutMs ?? 10_000,
+      policy: { ...DEFAULT_POLICY, ...options.policy },
+      store,
+      supervisor,
+      logger,
+    });
+  } catch (e) {
+    store.close();
+    throw e;
+  }
   const connections = new Set<ServedConnection>();
   let listener: TlsListener;
   try {
@@ -170,13 +167,13 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
       },
     });
   } catch (e) {
-    table.close();
+    await table.close();
+    store.close();
     throw e;
   }
   logger.info(
     `listening on ${listener.hostname}:${listener.port}, ${options.trust.byFingerprint.size} ` +
-      `trusted manager(s), up to ${table.maxProcesses} processes, ${supervisor} supervisor, ` +
-      `state in ${store.dir}`,
+      `trusted manager(s), up to ${table.maxProcesses} processes, state in ${store.dir}`,
   );
   return {
     hostname: listener.hostname,
@@ -194,7 +191,9 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
       const timer = setTimeout(() => all.forEach((c) => c.destroy()), 2000);
       await Promise.all([closing, ...all.map((c) => c.done)]);
       clearTimeout(timer);
-      table.close();
+      await table.close();
+      await store.synced();
+      store.close();
     },
   };
 }

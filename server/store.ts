@@ -1,74 +1,100 @@
 /**
- * The run record on disk, so that it survives a restart of cmappserver.
- * One directory per daemon (`-statedir`), one small file per run:
+ * The state directory: run records and their files on disk, so that runs
+ * survive a restart of cmappserver. One directory per daemon (`-statedir`),
+ * held with a lock, checked like sshd's StrictModes:
  *
  * ```
- * STATEDIR/runs/ID.json       the run, written once when it starts (atomically)
- * STATEDIR/runs/ID.exit       its exit status, written by its supervisor
- * STATEDIR/runs/ID.delivered  present once a manager has received that status
- * STATEDIR/damaged/           unreadable files, set aside with a warning
+ * STATEDIR/lock               held (flock) by the cmappserver using the directory
+ * STATEDIR/bin/               the supervisor program, installed by hash
+ * STATEDIR/runs/ID.json       the run record, durable before its application starts
+ * STATEDIR/runs/ID.pid        written by the supervisor before the application runs
+ * STATEDIR/runs/ID.sock       the supervisor's socket, while it lives
+ * STATEDIR/runs/ID.exit       how the run ended
+ * STATEDIR/runs/ID.delivered  present once a manager has received that
+ * STATEDIR/damaged/           records that cannot be used, set aside
  * ```
  *
- * Every write goes to a temporary file that is renamed over the old one: a
- * crash of cmappserver leaves either the old file or the new one, never a
- * torn one. A write resolves once the file is renamed into place, which is
- * all that a restarted cmappserver needs (the page cache survives the death
- * of a process); it is synced to disk right after, off the caller's path
- * ({@linkcode RunStore.synced} waits for that). Only a crash of the whole
- * guest in between can lose it, and the runs of a previous boot are
- * reported lost anyway.
+ * Files are written to a temporary name and renamed. The formats belong to
+ * records.ts.
  *
  * @module
  */
 
-import type { ExitStatus } from "../protocol/mod.ts";
-import { readStatusFile } from "./supervisor.ts";
-
-/** What is recorded about a run when it starts. */
-export interface RunRecord {
-  /** Server-assigned id. */
-  id: string;
-  /** The run's name. */
-  name: string;
-  /** Program and arguments. */
-  argv: string[];
-  /** The application's pid (and process group). */
-  pid: number;
-  /** Its start time in clock ticks since boot (tells it from a reused pid). */
-  pidStart: number | null;
-  /** The supervisor's pid. */
-  supervisorPid: number;
-  /**
-   * The supervisor's start time in clock ticks since boot (tells a live
-   * supervisor from a process that reused its pid); null or absent when
-   * unknown (records of cmapp before 0.1.1).
-   */
-  supervisorStart?: number | null;
-  /** The boot it started in. */
-  bootId: string;
-  /** Start time, ISO 8601. */
-  startedAt: string;
-  /** Fingerprint of the manager that launched it. */
-  launchedBy: string;
-  /** Grace period between SIGTERM and SIGKILL, in ms. */
-  stopTimeoutMs: number;
-  /** End time, ISO 8601, once known. */
-  endedAt?: string;
-  /** Set when the run ended without a supervisor to record how: why. */
-  lost?: string;
-}
+import {
+  type AnyRunRecord,
+  type ExitRecord,
+  formatExitRecord,
+  formatRunRecord,
+  parseExitRecord,
+  parsePidRecord,
+  parseRunRecord,
+  type PidRecord,
+  RecordError,
+  type RunRecord,
+} from "./records.ts";
 
 /** A run as found on disk. */
 export interface StoredRun {
   /** The record. */
-  record: RunRecord;
-  /** Its exit status, if its supervisor wrote one. */
-  exit: ExitStatus | null;
-  /** True once a manager received the exit status. */
+  record: AnyRunRecord;
+  /** Its exit record, when one was written. */
+  exit: ExitRecord | null;
+  /** True once a manager received how it ended. */
   delivered: boolean;
+  /** The supervisor's pid record, while it has one. */
+  pid: PidRecord | null;
+  /** True while the supervisor's socket exists. */
+  socket: boolean;
 }
 
-const _ID = /^[A-Za-z0-9._-]{1,64}$/;
+/** The state directory cannot be used; the message says why and what to do. */
+export class StateDirError extends Error {
+  /** Builds the error. */
+  constructor(message: string) {
+    super(message);
+    this.name = "StateDirError";
+  }
+}
+
+/** The longest path a unix socket address holds (sun_path, NUL included: 108). */
+const _MAX_SOCKET_PATH = 107;
+/** The longest run id this code makes: a sequence number (base 36) and 8 hex digits. */
+export const MAX_NEW_RUN_ID = 20;
+
+/**
+ * Checks a directory the way sshd's StrictModes does: a real directory (not
+ * a symlink), owned by us, writable by nobody else; and every directory
+ * above it owned by root or us and writable by nobody else unless sticky.
+ */
+async function _checkModes(dir: string, uid: number): Promise<void> {
+  const st = await Deno.lstat(dir);
+  if (st.isSymlink || !st.isDirectory) {
+    throw new StateDirError(`${dir} is not a directory (a symlink or a file): refusing to use it`);
+  }
+  const mode = (st.mode ?? 0) & 0o7777;
+  if (st.uid !== uid) {
+    throw new StateDirError(
+      `${dir} belongs to uid ${st.uid}, not to cmappserver's uid ${uid}: refusing to use it ` +
+        `(chown ${uid} ${dir})`,
+    );
+  }
+  if (mode & 0o022) {
+    throw new StateDirError(
+      `${dir} is writable by others (mode ${mode.toString(8).padStart(4, "0")}): refusing to ` +
+        `use it (chmod 700 ${dir})`,
+    );
+  }
+  for (let p = dir.replace(/\/[^/]*$/, ""); p !== ""; p = p.replace(/\/[^/]*$/, "")) {
+    const a = await Deno.stat(p);
+    const m = (a.mode ?? 0) & 0o7777;
+    if ((a.uid !== 0 && a.uid !== uid) || ((m & 0o022) && !(m & 0o1000))) {
+      throw new StateDirError(
+        `${p}, above the state directory ${dir}, can be changed by others (owner ${a.uid}, ` +
+          `mode ${m.toString(8).padStart(4, "0")}): refusing to use it`,
+      );
+    }
+  }
+}
 
 /**
  * Run records in a state directory.
@@ -76,7 +102,7 @@ const _ID = /^[A-Za-z0-9._-]{1,64}$/;
  * @example
  * ```ts ignore
  * import { RunStore } from "./store.ts";
- * const store = await RunStore.open("/var/lib/cmappserver", (w) => console.warn(w));
+ * const store = await RunStore.open("/var/lib/cmappserver");
  * const { runs, damaged } = await store.loadAll();
  * ```
  */
@@ -85,36 +111,104 @@ export class RunStore {
   readonly dir: string;
   /** Where run files live. */
   readonly runsDir: string;
-  /** Background syncs under way. */
+  /** Where the supervisor program is installed. */
+  readonly binDir: string;
+  readonly #lock: Deno.FsFile;
   readonly #syncing = new Set<Promise<void>>();
 
-  private constructor(dir: string) {
+  private constructor(dir: string, lock: Deno.FsFile) {
     this.dir = dir;
     this.runsDir = `${dir}/runs`;
+    this.binDir = `${dir}/bin`;
+    this.#lock = lock;
   }
 
   /**
-   * Opens (creating if needed, mode 0700) a state directory.
-   * @throws when it cannot be created or written
+   * Opens a state directory: creates it (mode 0700) if needed, checks its
+   * owner and modes, and locks it against a second cmappserver.
+   * @throws {StateDirError} saying what is wrong and what to do
    */
   static async open(dir: string): Promise<RunStore> {
-    const store = new RunStore(dir);
-    await Deno.mkdir(store.runsDir, { recursive: true, mode: 0o700 });
-    // Prove it is writable now rather than at the first launch.
-    const probe = `${store.runsDir}/.probe-${Deno.pid}`;
-    await Deno.writeTextFile(probe, "");
-    await Deno.remove(probe);
-    return store;
+    if (!dir.startsWith("/")) throw new StateDirError(`state directory ${dir} must be absolute`);
+    dir = dir.replace(/\/+$/, "") || "/";
+    const uid = Deno.uid() ?? 0;
+    const runsDir = `${dir}/runs`;
+    const room = _MAX_SOCKET_PATH - new TextEncoder().encode(`${runsDir}/.sock`).length;
+    if (room < MAX_NEW_RUN_ID) {
+      throw new StateDirError(
+        `state directory ${dir} is too long a path for the supervisors' unix sockets ` +
+          `(at most ${dir.length - (MAX_NEW_RUN_ID - room)} characters)`,
+      );
+    }
+    try {
+      await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+      for (const d of [dir, runsDir, `${dir}/bin`, `${dir}/damaged`]) {
+        await Deno.mkdir(d, { recursive: true, mode: 0o700 });
+        await _checkModes(d, uid);
+      }
+    } catch (e) {
+      if (e instanceof StateDirError) throw e;
+      throw new StateDirError(`cannot use state directory ${dir}: ${(e as Error).message}`);
+    }
+    let lock: Deno.FsFile;
+    try {
+      lock = await Deno.open(`${dir}/lock`, { read: true, write: true, create: true, mode: 0o600 });
+    } catch (e) {
+      throw new StateDirError(`cannot open ${dir}/lock: ${(e as Error).message}`);
+    }
+    if (!(await lock.tryLock(true))) {
+      lock.close();
+      throw new StateDirError(
+        `state directory ${dir} is in use by another cmappserver (${dir}/lock is locked)`,
+      );
+    }
+    return new RunStore(dir, lock);
   }
 
-  /** Where the supervisor of run `id` writes its exit status. */
-  statusFile(id: string): string {
-    return `${this.runsDir}/${id}.exit`;
+  /** Releases the directory's lock. */
+  close(): void {
+    try {
+      this.#lock.close();
+    } catch {
+      // closed already
+    }
   }
 
-  /** Records a run (atomically); resolves once it is in place, before it is synced. */
-  async write(record: RunRecord): Promise<void> {
-    await this.#atomicWrite(`${this.runsDir}/${record.id}.json`, JSON.stringify(record) + "\n");
+  /** The supervisor's socket of run `id`. */
+  socketPath(id: string): string {
+    return `${this.runsDir}/${id}.sock`;
+  }
+
+  /**
+   * Records a run before it starts: written to a temporary file, synced to
+   * disk, renamed into place. Once this resolves, a crash of cmappserver or
+   * of the guest leaves the record, and the next cmappserver resolves the
+   * run from it.
+   */
+  async writeRecord(record: RunRecord): Promise<void> {
+    await this.#atomicWrite(`${this.runsDir}/${record.id}.json`, formatRunRecord(record), true);
+  }
+
+  /** Forgets a run that never started (its application was never run). */
+  async discard(id: string): Promise<void> {
+    await this.remove(id);
+  }
+
+  /** The run's exit record; null when there is none (or it is unreadable). */
+  async readExit(id: string): Promise<ExitRecord | null> {
+    const text = await Deno.readTextFile(`${this.runsDir}/${id}.exit`).catch(() => null);
+    return text === null ? null : parseExitRecord(text);
+  }
+
+  /** Writes the run's exit record (when the supervisor could not, or knew nothing). */
+  async writeExit(id: string, exit: ExitRecord): Promise<void> {
+    await this.#atomicWrite(`${this.runsDir}/${id}.exit`, formatExitRecord(exit), false);
+  }
+
+  /** The supervisor's pid record; null when absent or malformed. */
+  async readPid(id: string): Promise<PidRecord | null> {
+    const text = await Deno.readTextFile(`${this.runsDir}/${id}.pid`).catch(() => null);
+    return text === null ? null : parsePidRecord(text);
   }
 
   /**
@@ -128,78 +222,93 @@ export class RunStore {
     this.#syncLater(path);
   }
 
-  /** Settles once every write so far has been synced to disk (or failed to). */
+  /** Settles once every background sync so far has finished (or failed). */
   async synced(): Promise<void> {
     while (this.#syncing.size > 0) await Promise.all([...this.#syncing]);
   }
 
-  /** Records an exit status found by other means than the supervisor's file. */
-  async writeExit(id: string, line: string): Promise<void> {
-    await this.#atomicWrite(this.statusFile(id), line + "\n");
-  }
-
-  /** Forgets a run. */
+  /** Forgets a run: every file of it. */
   async remove(id: string): Promise<void> {
-    for (const ext of [".json", ".exit", ".delivered", ".exit.tmp"]) {
+    for (const ext of [".json", ".exit", ".delivered", ".pid", ".sock", ".exit.tmp", ".pid.tmp"]) {
       await Deno.remove(`${this.runsDir}/${id}${ext}`).catch(() => {});
     }
   }
 
   /**
-   * Reads every run. A file that cannot be parsed is moved to
-   * `STATEDIR/damaged/` and named in `damaged`; it is never fatal.
+   * Reads every run, in launch order. A record that cannot be parsed, or
+   * holds values no run can have, is moved to `STATEDIR/damaged/` and named
+   * in `damaged`; it is never fatal. Records of 0.1.0 are numbered after
+   * their start times, before every newer record.
    */
   async loadAll(): Promise<{ runs: StoredRun[]; damaged: string[] }> {
+    const names = new Set<string>();
+    for await (const e of Deno.readDir(this.runsDir)) {
+      if (e.name.includes(".tmp-")) {
+        // the leftover of a write a crash interrupted
+        await Deno.remove(`${this.runsDir}/${e.name}`).catch(() => {});
+        continue;
+      }
+      names.add(e.name);
+    }
     const runs: StoredRun[] = [];
     const damaged: string[] = [];
-    const names: string[] = [];
-    for await (const e of Deno.readDir(this.runsDir)) {
-      if (e.isFile && e.name.endsWith(".json")) names.push(e.name);
-      // Leftovers of writes a crash interrupted.
-      if (e.isFile && e.name.includes(".tmp-")) {
-        await Deno.remove(`${this.runsDir}/${e.name}`).catch(() => {});
-      }
-    }
-    for (const name of names.sort()) {
+    for (const name of [...names].filter((n) => n.endsWith(".json")).sort()) {
       const id = name.slice(0, -".json".length);
-      const path = `${this.runsDir}/${name}`;
-      let record: RunRecord;
+      let record: AnyRunRecord;
       try {
-        record = _validate(JSON.parse(await Deno.readTextFile(path)), id);
+        record = parseRunRecord(await Deno.readTextFile(`${this.runsDir}/${name}`), id);
       } catch (e) {
-        damaged.push(`${path}: ${(e as Error).message}`);
+        const why = e instanceof RecordError ? e.message : `unreadable: ${(e as Error).message}`;
+        damaged.push(`${this.runsDir}/${name}: ${why}`);
         await this.#setAside(id);
         continue;
       }
-      const exit = await readStatusFile(this.statusFile(id));
-      const delivered = await Deno.stat(`${this.runsDir}/${id}.delivered`).then(
-        () => true,
-        () => false,
-      );
-      runs.push({ record, exit, delivered });
+      runs.push({
+        record,
+        exit: names.has(`${id}.exit`) ? await this.readExit(id) : null,
+        delivered: names.has(`${id}.delivered`),
+        pid: names.has(`${id}.pid`) ? await this.readPid(id) : null,
+        socket: names.has(`${id}.sock`),
+      });
     }
-    runs.sort((a, b) => a.record.startedAt.localeCompare(b.record.startedAt));
+    const legacy = runs.filter((r) => r.record.format === 1)
+      .sort((a, b) => a.record.startedAt.localeCompare(b.record.startedAt));
+    legacy.forEach((r, i) => r.record.seq = i + 1);
+    const offset = legacy.length;
+    for (const r of runs) if (r.record.format === 2) r.record.seq += offset;
+    runs.sort((a, b) => a.record.seq - b.record.seq);
     return { runs, damaged };
   }
 
   async #setAside(id: string): Promise<void> {
-    const dest = `${this.dir}/damaged`;
-    await Deno.mkdir(dest, { recursive: true, mode: 0o700 });
     const stamp = new Date().toISOString().replaceAll(":", "");
-    for (const ext of [".json", ".exit", ".delivered"]) {
-      await Deno.rename(`${this.runsDir}/${id}${ext}`, `${dest}/${id}${ext}.${stamp}`)
+    for (const ext of [".json", ".exit", ".delivered", ".pid"]) {
+      await Deno.rename(`${this.runsDir}/${id}${ext}`, `${this.dir}/damaged/${id}${ext}.${stamp}`)
         .catch(() => {});
     }
   }
 
-  async #atomicWrite(path: string, text: string): Promise<void> {
+  async #atomicWrite(path: string, text: string, durable: boolean): Promise<void> {
     const tmp = `${path}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
-    await Deno.writeTextFile(tmp, text, { mode: 0o600 });
-    await Deno.rename(tmp, path);
-    this.#syncLater(path);
+    try {
+      const f = await Deno.open(tmp, { write: true, createNew: true, mode: 0o600 });
+      try {
+        const bytes = new TextEncoder().encode(text);
+        for (let off = 0; off < bytes.length;) off += await f.write(bytes.subarray(off));
+        if (durable) await f.syncData();
+      } finally {
+        f.close();
+      }
+      await Deno.rename(tmp, path);
+    } catch (e) {
+      await Deno.remove(tmp).catch(() => {});
+      throw e;
+    }
+    if (durable) this.#syncLater(this.runsDir);
+    else this.#syncLater(path);
   }
 
-  /** Syncs a file to disk in the background (a file removed meanwhile is fine). */
+  /** Syncs a file (or the directory, for a rename) in the background. */
   #syncLater(path: string): void {
     const work = (async () => {
       try {
@@ -216,29 +325,4 @@ export class RunStore {
     this.#syncing.add(work);
     work.finally(() => this.#syncing.delete(work));
   }
-}
-
-function _validate(v: unknown, id: string): RunRecord {
-  const o = v as Record<string, unknown>;
-  const bad = (what: string): never => {
-    throw new Error(`invalid run record: ${what}`);
-  };
-  if (typeof o !== "object" || o === null) bad("not an object");
-  if (o.id !== id || typeof o.id !== "string" || !_ID.test(o.id)) bad("id");
-  if (typeof o.name !== "string" || o.name === "") bad("name");
-  if (!Array.isArray(o.argv) || o.argv.length === 0 || o.argv.some((a) => typeof a !== "string")) {
-    bad("argv");
-  }
-  for (const f of ["pid", "supervisorPid", "stopTimeoutMs"]) {
-    if (typeof o[f] !== "number" || !Number.isInteger(o[f]) || (o[f] as number) < 0) bad(f);
-  }
-  if (o.pidStart !== null && typeof o.pidStart !== "number") bad("pidStart");
-  if (
-    o.supervisorStart !== undefined && o.supervisorStart !== null &&
-    typeof o.supervisorStart !== "number"
-  ) bad("supervisorStart");
-  for (const f of ["bootId", "startedAt", "launchedBy"]) if (typeof o[f] !== "string") bad(f);
-  if (o.endedAt !== undefined && typeof o.endedAt !== "string") bad("endedAt");
-  if (o.lost !== undefined && typeof o.lost !== "string") bad("lost");
-  return o as unknown as RunRecord;
 }

@@ -1,17 +1,28 @@
 /**
- * A run's standard streams on the guest side: its stdout and stderr pumped
- * to whichever manager connection receives them, within the credit that
- * manager has granted (so a slow reader slows the application down and
- * memory stays bounded), and its stdin fed from that manager. While no
- * manager receives them, output is read and discarded so the application
- * never blocks on a full pipe. Knows nothing of frames or TLS.
+ * A run's standard streams on the guest side, as its supervisor hands them
+ * over: stdout and stderr pumped to whichever manager connection receives
+ * them, within the credit that manager granted (a slow reader slows the
+ * application down; memory stays bounded), and stdin fed from that manager.
+ * Every stream has an absolute byte offset, told to each new receiver
+ * before its first byte, so that a manager can tell exactly how many bytes
+ * it missed (see docs/PROTOCOL.md, `resume`). With no receiver, output is
+ * held for a grace period, then read and discarded (counted), so the
+ * application never blocks for long on a manager that is gone. Knows
+ * nothing of frames or TLS.
  *
  * @module
  */
 import { Gatherer } from "../protocol/read_ahead.ts";
+import { frameStdin } from "./supervisor.ts";
 
 /** Where a run's output goes: the receiving connection. */
 export interface StreamSink {
+  /**
+   * The next bytes of `stream` this receiver gets start at `offset` (bytes
+   * of the stream before them). Told once per stream when the receiver
+   * attaches, before any data of it.
+   */
+  resume(stream: "stdin" | "stdout" | "stderr", offset: number): void;
   /**
    * Sends bytes of `stream`; empty bytes mean end of stream. `bytes` is
    * valid only during the call (its buffer is read into again): copy it.
@@ -21,35 +32,73 @@ export interface StreamSink {
 
 /** Output reads are gathered into chunks of up to this many bytes (one data frame). */
 const _GATHER_BYTES = 64 * 1024;
+/** Output with no receiver waits this long for one to come back before it is discarded. */
+export const HOLD_OUTPUT_MS = 5000;
+
+/** Where one output comes from: its supervisor's connection, or nothing more (ended at `offset`). */
+export type OutputSource =
+  | { conn: Deno.UnixConn; offset: number; first: Uint8Array }
+  | { ended: true; offset: number };
 
 class _Pump {
   readonly name: "stdout" | "stderr";
   /** Bytes read and not yet sent: a view into the gatherer's buffers, valid until its next read. */
   #pending: Uint8Array | null;
-  /** The pipe. */
-  readonly #in: Gatherer;
+  readonly #in: Gatherer | null;
+  readonly #conn: Deno.UnixConn | null;
   #credit = 0;
   #sink: StreamSink | null = null;
   #wake: (() => void) | null = null;
   #closed = false;
-  /** Until a first receiver attaches, output waits for it instead of being discarded. */
-  #everAttached = false;
+  /** Offset of the next byte to send (the first pending one). */
+  #offset: number;
+  /** When output with no receiver may start being discarded (null: hold until one attaches). */
+  #holdUntil: number | null;
+  #holdTimer: ReturnType<typeof setTimeout> | undefined;
+  #ended = false;
+  /** Bytes this daemon discarded with nobody to receive them. */
+  discarded = 0;
   /** True while data waits for the receiver's credit (back-pressure, not silence). */
   waitingForCredit = false;
   lastActivity = Date.now();
   readonly done: Promise<void>;
 
-  constructor(name: "stdout" | "stderr", input: Gatherer, first: Uint8Array | null) {
+  constructor(name: "stdout" | "stderr", source: OutputSource, holdFirst: boolean) {
     this.name = name;
-    this.#in = input;
-    this.#pending = first && first.length > 0 ? first : null;
-    this.done = this.#run();
+    this.#offset = source.offset;
+    this.#holdUntil = holdFirst ? null : Date.now() + HOLD_OUTPUT_MS;
+    if ("conn" in source) {
+      this.#conn = source.conn;
+      this.#in = new Gatherer(source.conn.readable);
+      this.#pending = source.first.length > 0 ? source.first : null;
+      this.done = this.#run();
+    } else {
+      this.#conn = null;
+      this.#in = null;
+      this.#pending = null;
+      this.#ended = true;
+      this.done = Promise.resolve();
+    }
+  }
+
+  /** Offset of the next byte this stream will send. */
+  get offset(): number {
+    return this.#offset;
   }
 
   attach(sink: StreamSink | null): void {
+    const prev = this.#sink;
     this.#sink = sink;
-    if (sink) this.#everAttached = true;
     this.#credit = 0;
+    clearTimeout(this.#holdTimer);
+    if (sink) {
+      this.#holdUntil = Date.now() + HOLD_OUTPUT_MS;
+      sink.resume(this.name, this.#offset);
+      if (this.#ended) sink.data(this.name, new Uint8Array(0));
+    } else if (prev) {
+      this.#holdUntil = Date.now() + HOLD_OUTPUT_MS;
+      this.#holdTimer = setTimeout(() => this.#poke(), HOLD_OUTPUT_MS);
+    }
     this.#poke();
   }
 
@@ -62,11 +111,17 @@ class _Pump {
     this.#poke();
   }
 
-  /** The receiver is gone for good: close our end, as a closed pipe. */
+  /** The receiver is gone for good, or the run is forgotten: stop reading. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    void this.#in.cancel();
+    clearTimeout(this.#holdTimer);
+    void this.#in?.cancel();
+    try {
+      this.#conn?.close();
+    } catch {
+      // closed already
+    }
     this.#poke();
   }
 
@@ -76,33 +131,38 @@ class _Pump {
     w?.();
   }
 
+  #sleep(): Promise<void> {
+    return new Promise<void>((r) => this.#wake = r);
+  }
+
   async #run(): Promise<void> {
     try {
       for (;;) {
         if (this.#closed) return;
         if (!this.#pending) {
-          // One read, and what the pipe already holds after it (many small
-          // writes go out as a few large frames), within the credit if known.
+          // One read, and what the connection already holds after it, within the credit.
           const limit = this.#sink && this.#credit > 0
             ? Math.min(this.#credit, _GATHER_BYTES)
             : _GATHER_BYTES;
-          const value = await this.#in.next(limit);
+          const value = await this.#in!.next(limit);
           if (value === null) break;
           this.#pending = value;
           this.lastActivity = Date.now();
         }
         const sink = this.#sink;
-        if (!sink && !this.#everAttached) {
-          await new Promise<void>((r) => this.#wake = r);
-          continue;
-        }
         if (!sink) {
-          this.#pending = null; // its receiver is gone: discard
+          if (this.#holdUntil === null || Date.now() < this.#holdUntil) {
+            await this.#sleep(); // held for a receiver to come (back)
+            continue;
+          }
+          this.discarded += this.#pending.length;
+          this.#offset += this.#pending.length;
+          this.#pending = null;
           continue;
         }
         if (this.#credit <= 0) {
           this.waitingForCredit = true;
-          await new Promise<void>((r) => this.#wake = r);
+          await this.#sleep();
           this.waitingForCredit = false;
           this.lastActivity = Date.now();
           continue;
@@ -110,11 +170,19 @@ class _Pump {
         const n = Math.min(this.#credit, this.#pending.length);
         sink.data(this.name, this.#pending.subarray(0, n));
         this.#credit -= n;
+        this.#offset += n;
         this.lastActivity = Date.now();
         this.#pending = n === this.#pending.length ? null : this.#pending.subarray(n);
       }
     } catch {
-      // the pipe broke: treat as end of stream
+      // the connection broke: treat as end of stream
+    }
+    this.#ended = true;
+    clearTimeout(this.#holdTimer);
+    try {
+      this.#conn?.close();
+    } catch {
+      // closed already
     }
     this.#sink?.data(this.name, new Uint8Array(0));
   }
@@ -122,12 +190,16 @@ class _Pump {
 
 /** Options for {@linkcode RunStreams}. */
 export interface RunStreamsOptions {
-  /** The application's stdout, and bytes of it already read. */
-  stdout: { reader: Gatherer; first: Uint8Array | null };
-  /** Its stderr. */
-  stderr: Gatherer;
-  /** Its stdin, when the manager feeds it. */
-  stdin: WritableStream<Uint8Array> | null;
+  /** Where stdout comes from. */
+  stdout: OutputSource;
+  /** Where stderr comes from. */
+  stderr: OutputSource;
+  /** Stdin at the supervisor, when the run has it: the connection and bytes taken so far. */
+  stdin: { conn: Deno.UnixConn; accepted: number } | null;
+  /** Hold output for the first receiver however long it takes (a new run); else for a grace. */
+  holdFirst: boolean;
+  /** Tells the supervisor to close the application's end of an output. */
+  closeOutput(stream: "stdout" | "stderr"): void;
 }
 
 /**
@@ -135,23 +207,43 @@ export interface RunStreamsOptions {
  *
  * @example
  * ```ts ignore
- * const io = new RunStreams({ stdout, stderr, stdin: null });
- * io.attach({ data: (stream, bytes) => send(stream, bytes) });
+ * const io = new RunStreams({ stdout, stderr, stdin: null, holdFirst: true, closeOutput });
+ * io.attach({ resume: (s, at) => {}, data: (stream, bytes) => send(stream, bytes) });
  * io.grant("stdout", 1 << 20);
  * ```
  */
 export class RunStreams {
   readonly #out: _Pump;
   readonly #err: _Pump;
-  readonly #stdin: WritableStreamDefaultWriter<Uint8Array> | null;
+  readonly #stdin: Deno.UnixConn | null;
+  readonly #closeOutput: (stream: "stdout" | "stderr") => void;
+  /** Bytes of stdin the supervisor has taken or has in its socket. */
+  #stdinOffset: number;
   #stdinClosed = false;
+  #stdinWrites: Promise<unknown> = Promise.resolve();
 
-  /** Starts pumping (into nowhere until a sink is attached). */
+  /** Starts pumping (held until a sink is attached). */
   constructor(options: RunStreamsOptions) {
-    this.#out = new _Pump("stdout", options.stdout.reader, options.stdout.first);
-    this.#err = new _Pump("stderr", options.stderr, null);
-    this.#stdin = options.stdin?.getWriter() ?? null;
+    this.#out = new _Pump("stdout", options.stdout, options.holdFirst);
+    this.#err = new _Pump("stderr", options.stderr, options.holdFirst);
+    this.#stdin = options.stdin?.conn ?? null;
+    this.#stdinOffset = options.stdin?.accepted ?? 0;
+    this.#closeOutput = options.closeOutput;
     if (!this.#stdin) this.#stdinClosed = true;
+  }
+
+  /**
+   * The streams of a run that ended while no cmappserver held them: nothing
+   * more comes; a receiver is told where each ended.
+   */
+  static ended(counts: { stdout: number | null; stderr: number | null }): RunStreams {
+    return new RunStreams({
+      stdout: { ended: true, offset: counts.stdout ?? 0 },
+      stderr: { ended: true, offset: counts.stderr ?? 0 },
+      stdin: null,
+      holdFirst: false,
+      closeOutput: () => {},
+    });
   }
 
   /** True when the manager feeds this run's stdin. */
@@ -164,8 +256,17 @@ export class RunStreams {
     return this.#out.sink;
   }
 
-  /** Sends output to `sink` from now on (null: discard); credit starts at zero. */
+  /** Bytes discarded by this daemon for want of a receiver, per output. */
+  get discarded(): { stdout: number; stderr: number } {
+    return { stdout: this.#out.discarded, stderr: this.#err.discarded };
+  }
+
+  /**
+   * Sends output to `sink` from now on (null: hold, then discard); credit
+   * starts at zero. The sink is told each stream's offset first.
+   */
   attach(sink: StreamSink | null): void {
+    if (sink && this.#stdin) sink.resume("stdin", this.#stdinOffset);
     this.#out.attach(sink);
     this.#err.attach(sink);
   }
@@ -182,23 +283,28 @@ export class RunStreams {
 
   /** The receiver closed `stream`: close the application's end. */
   closeOutput(stream: "stdout" | "stderr"): void {
+    this.#closeOutput(stream);
     (stream === "stdout" ? this.#out : this.#err).close();
   }
 
   /**
-   * Writes to the application's stdin; empty bytes close it. Resolves once
-   * the bytes are in the pipe (so credit can be given back), false when
-   * stdin is closed or gone.
+   * Writes to the application's stdin (through its supervisor); empty bytes
+   * close it. Resolves once the bytes are in the supervisor's socket (so
+   * credit can be given back: they survive a crash of cmappserver from
+   * there), false when stdin is closed or gone.
    */
   async writeStdin(bytes: Uint8Array): Promise<boolean> {
     if (!this.#stdin || this.#stdinClosed) return false;
+    if (bytes.length === 0) this.#stdinClosed = true;
+    const conn = this.#stdin;
+    const frame = frameStdin(bytes);
+    const write = this.#stdinWrites.then(async () => {
+      for (let off = 0; off < frame.length;) off += await conn.write(frame.subarray(off));
+    });
+    this.#stdinWrites = write.catch(() => {});
     try {
-      if (bytes.length === 0) {
-        this.#stdinClosed = true;
-        await this.#stdin.close();
-        return true;
-      }
-      await this.#stdin.write(bytes);
+      await write;
+      this.#stdinOffset += bytes.length;
       return true;
     } catch {
       this.#stdinClosed = true;
@@ -226,13 +332,20 @@ export class RunStreams {
     clearTimeout(quietTimer);
   }
 
-  /** Stops everything (the run is forgotten). */
+  /** Stops everything (the run is forgotten, or cmappserver is closing). */
   close(): void {
     this.#out.close();
     this.#err.close();
-    if (this.#stdin && !this.#stdinClosed) {
+    if (this.#stdin) {
       this.#stdinClosed = true;
-      this.#stdin.close().catch(() => {});
+      const conn = this.#stdin;
+      this.#stdinWrites.finally(() => {
+        try {
+          conn.close();
+        } catch {
+          // closed already
+        }
+      });
     }
   }
 }

@@ -320,23 +320,56 @@ export function ours(pid: unknown): pid is number {
 }
 
 /**
+ * The pids of a run as its files tell them: the application's and its
+ * supervisor's (from ID.pid while the supervisor lives; the application's
+ * also from ID.exit, and both from a record of 0.1.0).
+ */
+export function runPids(stateDir: string, id: string): { pid?: number; supervisorPid?: number } {
+  const read = (ext: string) => {
+    try {
+      return Deno.readTextFileSync(`${stateDir}/runs/${id}${ext}`);
+    } catch {
+      return "";
+    }
+  };
+  const out: { pid?: number; supervisorPid?: number } = {};
+  const pidRec = read(".pid").trim().split(" ");
+  if (pidRec.length === 5) {
+    out.supervisorPid = Number(pidRec[1]);
+    out.pid = Number(pidRec[3]);
+  }
+  const exitPid = /^pid (\d+)$/m.exec(read(".exit"));
+  if (exitPid) out.pid ??= Number(exitPid[1]);
+  try {
+    const r = JSON.parse(read(".json"));
+    if (typeof r.pid === "number") out.pid ??= r.pid;
+    if (typeof r.supervisorPid === "number") out.supervisorPid ??= r.supervisorPid;
+  } catch {
+    // damaged (on purpose, in some tests), or gone
+  }
+  return out;
+}
+
+/** The supervisors (and watchers) of a state directory: their argv names its runs/. */
+export async function supervisorsOf(stateDir: string): Promise<number[]> {
+  return (await processes())
+    .filter((p) => /cmapp-supervise/.test(p.args) && p.args.includes(`${stateDir}/runs`))
+    .map((p) => p.pid);
+}
+
+/**
  * Ends every application recorded in the state directories and every one in
- * `pids`, and waits for them and their supervisors to be gone (supervisors
- * write the exit status, then end: wait before removing their files).
+ * `pids`, then their supervisors (which outlive cmappserver, holding each
+ * exit status until a cmappserver collects it), and waits for all of them to
+ * be gone before the directories are removed.
  */
 export async function reapRuns(stateDirs: string[], pids: Set<number>): Promise<void> {
-  const supervisors: number[] = [];
   for (const dir of stateDirs) {
     try {
       for (const e of Deno.readDirSync(`${dir}/runs`)) {
         if (!e.name.endsWith(".json")) continue;
-        try {
-          const r = JSON.parse(Deno.readTextFileSync(`${dir}/runs/${e.name}`));
-          if (ours(r.pid)) pids.add(r.pid);
-          if (ours(r.supervisorPid)) supervisors.push(r.supervisorPid);
-        } catch {
-          // damaged (on purpose, in some tests)
-        }
+        const { pid } = runPids(dir, e.name.slice(0, -".json".length));
+        if (ours(pid)) pids.add(pid);
       }
     } catch {
       // no state directory
@@ -344,16 +377,23 @@ export async function reapRuns(stateDirs: string[], pids: Set<number>): Promise<
   }
   for (const pid of pids) if (ours(pid)) killGroup(pid);
   await eventually(
-    "the applications and their supervisors to end",
+    "the applications to end",
     async () => {
       const live = new Set((await processes()).map((p) => p.pid));
-      return [...pids, ...supervisors].every((p) => !live.has(p));
+      return [...pids].every((p) => !live.has(p));
     },
     10_000,
-  ).catch((e) => {
-    for (const p of supervisors) killGroup(p);
-    throw e;
-  });
+  );
+  const supervisors = (await Promise.all(stateDirs.map(supervisorsOf))).flat();
+  for (const p of supervisors) if (ours(p)) killGroup(p);
+  await eventually(
+    "the supervisors to end",
+    async () => {
+      const live = new Set((await processes()).map((p) => p.pid));
+      return supervisors.every((p) => !live.has(p));
+    },
+    10_000,
+  );
 }
 
 /** True while the process exists and is not a zombie. */

@@ -297,13 +297,13 @@ Deno.test("a bad configuration file stops cmappserver with exit 2 before it list
   }
 });
 
-// Values checked after merging (loglevel, supervisor, allow_exec) still name FILE:LINE.
+// Values checked after merging (loglevel, allow_exec) still name FILE:LINE; unknown options too.
 Deno.test({
   name: "every bad value from the configuration file names FILE:LINE",
   async fn() {
     const dir = await tempDir();
     try {
-      for (const line of ["loglevel = loud", "supervisor = bash", "allow_exec = usr/bin/*"]) {
+      for (const line of ["loglevel = loud", "supervisor = perl", "allow_exec = usr/bin/*"]) {
         const conf = `${dir.path}/c.conf`;
         await Deno.writeTextFile(conf, `# comment\n${line}\n`);
         const r = await runServerExpectingFailure(["-config", conf, "-keydir", dir.path]);

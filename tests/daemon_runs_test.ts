@@ -15,6 +15,7 @@ import {
   type MgrProcess,
   processes,
   running,
+  runPids,
   ServerFixture,
   type ServerProcess,
   waiter,
@@ -27,7 +28,7 @@ import { deriveName } from "../server/runs.ts";
 /** Live session leaders whose command line mentions `token`: the applications started. */
 async function leadersMentioning(token: string): Promise<number[]> {
   return (await processes()).filter((p) =>
-    p.pid === p.sid && p.args.includes(token) && !/\bperl -e/.test(p.args)
+    p.pid === p.sid && p.args.includes(token) && !/cmapp-supervise/.test(p.args)
   ).map((p) => p.pid);
 }
 
@@ -51,9 +52,11 @@ class Fixture extends ServerFixture {
     return this.startMgr(mgrArgs(this.keys, server, "-poll_interval", "0.1", ...args));
   }
 
-  /** The run record the server wrote for run `id`. */
-  async record(id: string): Promise<{ pid: number; supervisorPid: number }> {
-    return JSON.parse(await Deno.readTextFile(`${this.stateDir}/runs/${id}.json`));
+  /** The pids of run `id`, as its files tell them. */
+  record(id: string): { pid: number; supervisorPid: number } {
+    const { pid, supervisorPid } = runPids(this.stateDir, id);
+    if (!pid || !supervisorPid) throw new Error(`no pid record for run ${id}`);
+    return { pid, supervisorPid };
   }
 
   protected override async endOthers(): Promise<void> {
@@ -387,7 +390,7 @@ Deno.test("list tells every run's name, pid, state, start, exit, launcher and de
   }
 });
 
-Deno.test("a supervisor pid reused by another process does not keep a dead run watched", async () => {
+Deno.test("a pid reused by another process is not taken for the run's application", async () => {
   const f = await Fixture.create();
   const impostor = new Deno.Command("/bin/sleep", { args: ["600"] }).spawn();
   try {
@@ -395,18 +398,19 @@ Deno.test("a supervisor pid reused by another process does not keep a dead run w
     const c1 = await f.client(first);
     const r = await c1.launch(["/bin/sleep", "600"], { name: "reused" });
     f.pids.add(r.pid);
-    const recordFile = `${f.stateDir}/runs/${r.run}.json`;
-    const rec = JSON.parse(await Deno.readTextFile(recordFile));
-    assert.equal(typeof rec.supervisorStart, "number");
+    const pidFile = `${f.stateDir}/runs/${r.run}.pid`;
+    const [boot, sup, supStart, pid, start] = (await Deno.readTextFile(pidFile)).trim().split(" ");
+    assert.equal(Number(pid), r.pid);
     await f.crash(first);
     await c1.closed;
-    await killBehindItsBack(rec.supervisorPid, r.pid);
-    // As if the kernel had given the supervisor's pid to an unrelated process.
-    await Deno.writeTextFile(recordFile, JSON.stringify({ ...rec, supervisorPid: impostor.pid }));
+    await killBehindItsBack(Number(sup), r.pid);
+    // As if the kernel had given the application's pid to an unrelated process.
+    await Deno.writeTextFile(pidFile, `${boot} ${sup} ${supStart} ${impostor.pid} ${start}\n`);
 
     const second = await f.server();
-    assert.match(second.log(), new RegExp(`run ${r.run} \\(reused\\).*exit status is unknown`));
+    await second.waitForLog(new RegExp(`run ${r.run} \\(reused\\).*exit status is unknown`));
     assert.doesNotMatch(second.log(), /re-adopted/);
+    assert.ok(await running(impostor.pid), "the impostor must not be touched");
   } finally {
     impostor.kill("SIGKILL");
     await impostor.status;
@@ -422,7 +426,7 @@ Deno.test("a run that ended with nobody to record it is reported lost (207)", as
     const c1 = await f.client(first);
     const r = await c1.launch(argv, { name: "doomed" });
     f.pids.add(r.pid);
-    const rec = await f.record(r.run);
+    const rec = f.record(r.run);
     assert.equal(rec.pid, r.pid);
     await f.crash(first);
     await c1.closed;
@@ -430,7 +434,7 @@ Deno.test("a run that ended with nobody to record it is reported lost (207)", as
     await killBehindItsBack(rec.supervisorPid, r.pid);
 
     const second = await f.server();
-    assert.match(second.log(), new RegExp(`run ${r.run} \\(doomed\\).*exit status is unknown`));
+    await second.waitForLog(new RegExp(`run ${r.run} \\(doomed\\).*exit status is unknown`));
     const mgr = await f.mgr(second, "-service_name", "doomed", "--", ...argv).result;
     assert.equal(mgr.code, 207, mgr.stderr);
     assert.match(mgr.stderr, /exit status is unknown/);
@@ -476,7 +480,8 @@ Deno.test({
         async () =>
           (await members(polite.pid)).length === 0 && (await members(stubborn.pid)).length === 0,
       );
-      const exitOf = (id: string) => Deno.readTextFileSync(`${f.stateDir}/runs/${id}.exit`).trim();
+      const exitOf = (id: string) =>
+        Deno.readTextFileSync(`${f.stateDir}/runs/${id}.exit`).split("\n")[0];
       assert.equal(exitOf(polite.run), "signal 15");
       assert.equal(exitOf(stubborn.run), "signal 9");
     } finally {

@@ -18,6 +18,7 @@ import {
   type MgrResult,
   reportFigures,
   running,
+  runPids,
   ServerFixture,
   type ServerProcess,
   summarize,
@@ -185,11 +186,9 @@ Deno.test({
       const endedWhileDown = 14;
       const lostOne = 14;
       for (let i = 0; i < endedWhileDown; i++) await Deno.writeTextFile(`${f.dir}/go-${i}`, "");
-      const rec = JSON.parse(
-        await Deno.readTextFile(`${f.stateDir}/runs/${runs[lostOne].run}.json`),
-      );
-      Deno.kill(rec.supervisorPid, "SIGKILL");
-      await eventually("the supervisor to die", async () => !(await running(rec.supervisorPid)));
+      const sup = runPids(f.stateDir, runs[lostOne].run).supervisorPid!;
+      Deno.kill(sup, "SIGKILL");
+      await eventually("the supervisor to die", async () => !(await running(sup)));
       killGroup(runs[lostOne].pid);
       for (let i = 0; i < endedWhileDown; i++) {
         await eventually(

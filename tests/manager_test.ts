@@ -20,6 +20,7 @@ import {
   reapRuns,
   runMgr,
   running,
+  runPids,
   type ServerProcess,
   startMgrProcess,
   startServerProcess,
@@ -955,13 +956,13 @@ Deno.test("every exit status of cmappmgr, end to end through the CLI", async (t)
       const c = await f.client(first);
       const launched = await c.launch(argv, { name: "doomed" });
       f.pids.add(launched.pid);
-      const rec = JSON.parse(await Deno.readTextFile(`${stateDir}/runs/${launched.run}.json`));
+      const rec = runPids(stateDir, launched.run);
       // cmappserver, then the supervisor, then the application: nobody sees it end.
       Deno.kill(first.pid, "SIGKILL");
       await first.stop().catch(() => {});
       await c.closed;
-      Deno.kill(rec.supervisorPid, "SIGKILL");
-      await eventually("the supervisor to die", async () => !(await running(rec.supervisorPid)));
+      Deno.kill(rec.supervisorPid!, "SIGKILL");
+      await eventually("the supervisor to die", async () => !(await running(rec.supervisorPid!)));
       killGroup(launched.pid);
       await eventually("the application to die", async () => !(await running(launched.pid)));
       const second = await f.server("-statedir", stateDir);
