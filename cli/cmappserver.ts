@@ -187,7 +187,24 @@ export async function main(args: string[]): Promise<number> {
     await closeSinks();
     return 2;
   }
-  let server: CmappServer;
+  // Signals are listened for before anything else holds descriptors: the runtime cannot add
+  // a listener once the process is out of them, and a SIGTERM during a long start-up must
+  // still close cleanly.
+  let server: CmappServer | null = null;
+  const keydir = cfg.keydir;
+  Deno.addSignalListener("SIGHUP", () => {
+    fileSink?.reopen();
+    loadTrust(keydir, "manager").then(
+      (t) => {
+        server?.setTrust(t);
+        logger.info(`SIGHUP: reloaded ${t.byFingerprint.size} trusted manager(s) from ${t.dir}`);
+      },
+      (e) => logger.error(`SIGHUP: kept the previous trusted managers: ${(e as Error).message}`),
+    );
+  });
+  const signalled = new Promise<string>((resolve) => {
+    for (const s of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(s, () => resolve(s));
+  });
   try {
     server = await startServer({
       identity,
@@ -218,20 +235,7 @@ export async function main(args: string[]): Promise<number> {
     return 1;
   }
   logger.info(`certificate ${identity.info.fingerprint}`);
-  const keydir = cfg.keydir;
-  Deno.addSignalListener("SIGHUP", () => {
-    fileSink?.reopen();
-    loadTrust(keydir, "manager").then(
-      (t) => {
-        server.setTrust(t);
-        logger.info(`SIGHUP: reloaded ${t.byFingerprint.size} trusted manager(s) from ${t.dir}`);
-      },
-      (e) => logger.error(`SIGHUP: kept the previous trusted managers: ${(e as Error).message}`),
-    );
-  });
-  const sig = await new Promise<string>((resolve) => {
-    for (const s of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(s, () => resolve(s));
-  });
+  const sig = await signalled;
   if (cfg.stopOnExit) {
     logger.info(`${sig}: stopping ${server.runs.running} monitored process(es), then exiting`);
   } else {

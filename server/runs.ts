@@ -223,13 +223,14 @@ export class RunTable {
     // One launch per name at a time: a second one waits, then attaches.
     for (;;) {
       const busy = this.#launching.get(name);
-      if (!busy) break;
-      await busy.catch(() => {});
-    }
-    const existing = this.#byName.get(name);
-    if (existing && (!hasEnded(existing) || !existing.delivered)) {
-      if (existing.pid === 0) await this.#confirmed(existing);
-      return { run: existing, attached: true };
+      if (busy) {
+        await busy.catch(() => {});
+        continue;
+      }
+      const existing = this.#byName.get(name);
+      if (!existing || (hasEnded(existing) && existing.delivered)) break;
+      if (existing.pid !== 0) return { run: existing, attached: true };
+      await this.#confirmed(existing); // then look again: it may have been forgotten
     }
     if (this.#live + this.#starting >= this.#o.maxProcesses) {
       return {
@@ -526,6 +527,9 @@ export class RunTable {
     if (this.#closed) return void await link.close();
     slot.link = link;
     run.pid = link.pid;
+    if (run.unconfirmed) {
+      this.#o.logger.info(`run ${run.id} (${run.name}): its supervisor answers again; re-adopted`);
+    }
     run.unconfirmed = false;
     this.#clearRetry(run.id);
     if (slot.record.format === 2 && slot.record.streams && !run.io) {

@@ -6,6 +6,7 @@
  */
 
 import {
+  type ByteStream,
   DEFAULT_MAX_FRAME_SIZE,
   encodeFrame,
   encodeMessage,
@@ -19,6 +20,12 @@ import { DEFAULT_POLICY, type LaunchPolicy } from "./policy.ts";
 import { RunTable } from "./runs.ts";
 import { RunStore } from "./store.ts";
 import { installSupervisor } from "./supervisor_binary.ts";
+
+/** Who a manager is: its address and its certificate's fingerprint. */
+interface PeerIdentity {
+  address: string;
+  fingerprint: string;
+}
 
 /** The port cmappserver listens on unless told otherwise. */
 export const DEFAULT_PORT = 5315;
@@ -106,24 +113,31 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
   const handshakeTimeoutMs = options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
   const maxConnections = options.maxConnections ?? 4096;
   const store = await RunStore.open(options.stateDir);
-  let table: RunTable;
+  let supervisor: string;
   try {
-    const supervisor = await installSupervisor(store.binDir);
-    table = await RunTable.open({
-      maxProcesses: options.maxProcesses ?? DEFAULT_MAX_PROCESSES,
-      keepFinished: options.keepFinished ?? 1000,
-      keepFinishedMs: options.keepFinishedMs ?? 7 * 86400_000,
-      stopTimeoutMs: options.stopTimeoutMs ?? 10_000,
-      policy: { ...DEFAULT_POLICY, ...options.policy },
-      store,
-      supervisor,
-      logger,
-    });
+    supervisor = await installSupervisor(store.binDir);
   } catch (e) {
     store.close();
     throw e;
   }
+  // The listening socket first, then the runs: re-adopting holds a descriptor per
+  // supervisor, and a daemon short of descriptors must still listen. Connections wait
+  // for the run table.
+  let ready!: (table: RunTable) => void;
+  const tableReady = new Promise<RunTable>((r) => ready = r);
   const connections = new Set<ServedConnection>();
+  const serve = (table: RunTable, socket: ByteStream, peer: PeerIdentity) => {
+    logger.info(`accepted manager ${peer.address} (${peer.fingerprint})`);
+    const conn = serveConnection(socket, peer, {
+      table,
+      logger,
+      maxFrameSize,
+      helloTimeoutMs: handshakeTimeoutMs,
+      idleTimeoutMs: options.idleTimeoutMs ?? 120_000,
+    });
+    connections.add(conn);
+    conn.done.then(() => connections.delete(conn));
+  };
   let listener: TlsListener;
   try {
     listener = await listenTls({
@@ -151,26 +165,32 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
           setTimeout(() => socket.destroy(), 1000);
           return;
         }
-        logger.info(`accepted manager ${peer.address} (${peer.fingerprint})`);
-        const conn = serveConnection(socket, {
-          address: peer.address,
-          fingerprint: peer.fingerprint,
-        }, {
-          table,
-          logger,
-          maxFrameSize,
-          helloTimeoutMs: handshakeTimeoutMs,
-          idleTimeoutMs: options.idleTimeoutMs ?? 120_000,
-        });
-        connections.add(conn);
-        conn.done.then(() => connections.delete(conn));
+        const who = { address: peer.address, fingerprint: peer.fingerprint };
+        void tableReady.then((table) => serve(table, socket, who));
       },
     });
   } catch (e) {
-    await table.close();
     store.close();
     throw e;
   }
+  let table: RunTable;
+  try {
+    table = await RunTable.open({
+      maxProcesses: options.maxProcesses ?? DEFAULT_MAX_PROCESSES,
+      keepFinished: options.keepFinished ?? 1000,
+      keepFinishedMs: options.keepFinishedMs ?? 7 * 86400_000,
+      stopTimeoutMs: options.stopTimeoutMs ?? 10_000,
+      policy: { ...DEFAULT_POLICY, ...options.policy },
+      store,
+      supervisor,
+      logger,
+    });
+  } catch (e) {
+    await listener.close();
+    store.close();
+    throw e;
+  }
+  ready(table);
   logger.info(
     `listening on ${listener.hostname}:${listener.port}, ${options.trust.byFingerprint.size} ` +
       `trusted manager(s), up to ${table.maxProcesses} processes, state in ${store.dir}`,

@@ -152,7 +152,13 @@ export class RunStore {
     }
     let lock: Deno.FsFile;
     try {
-      lock = await Deno.open(`${dir}/lock`, { read: true, write: true, create: true, mode: 0o600 });
+      // Held read-only: an open file for writing would keep the disk from being remounted
+      // read-only, and flock needs no more.
+      lock = await Deno.open(`${dir}/lock`, { read: true }).catch(async (e) => {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+        await Deno.writeFile(`${dir}/lock`, new Uint8Array(0), { append: true, mode: 0o600 });
+        return await Deno.open(`${dir}/lock`, { read: true });
+      });
     } catch (e) {
       throw new StateDirError(`cannot open ${dir}/lock: ${(e as Error).message}`);
     }

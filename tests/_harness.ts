@@ -57,12 +57,12 @@ export interface KeyPair {
 }
 
 /** Makes a server and a manager key directory that trust each other. */
-export async function makeKeys(): Promise<KeyPair> {
+export async function makeKeys(options: Partial<GenerateOptions> = {}): Promise<KeyPair> {
   const root = await tempDir();
   const server = `${root.path}/server`;
   const manager = `${root.path}/manager`;
-  const s = await writeIdentity(server, { commonName: "cmappserver@test" });
-  const m = await writeIdentity(manager, { commonName: "cmappmgr@test" });
+  const s = await writeIdentity(server, { ...options, commonName: "cmappserver@test" });
+  const m = await writeIdentity(manager, { ...options, commonName: "cmappmgr@test" });
   await trust(server, "manager", m.certPem);
   await trust(manager, "server", s.certPem);
   return { root, server, manager };
@@ -78,28 +78,49 @@ export interface ServerProcess {
   waitForLog(pattern: RegExp, ms?: number): Promise<void>;
   /** SIGTERM, then waits for it to exit; returns its exit code. */
   stop(): Promise<number>;
+  /** Settles when it has exited (on its own), with how. */
+  readonly exited: Promise<Deno.CommandStatus>;
 }
 
-/** Starts cmappserver on 127.0.0.1 with an ephemeral port. */
+/** How to start a cmappserver beyond its arguments. */
+export interface ServerStart {
+  /** Variables added to its environment (e.g. CMAPP_CRASH_AT, LD_PRELOAD for faketime). */
+  env?: Record<string, string>;
+  /** A command it runs under, e.g. ["prlimit", "--nofile=64:64", "--"]. */
+  wrap?: string[];
+}
+
+/** A free TCP port on 127.0.0.1 (for a server that must come back on the same one). */
+export function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+/** Starts cmappserver on 127.0.0.1, on an ephemeral port unless `-port` is given. */
 export async function startServerProcess(
   keydir: string,
   extraArgs: string[] = [],
+  how: ServerStart = {},
 ): Promise<ServerProcess> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      ...programCommand("cmappserver"),
-      "-keydir",
-      keydir,
-      "-bind",
-      "127.0.0.1",
-      "-port",
-      "0",
-      "-loglevel",
-      "debug",
-      ...(extraArgs.includes("-statedir") ? [] : ["-statedir", `${keydir}-state`]),
-      ...(extraArgs.includes("-config") ? [] : ["-config", "/dev/null"]),
-      ...extraArgs,
-    ],
+  const args = [
+    ...programCommand("cmappserver"),
+    "-keydir",
+    keydir,
+    "-bind",
+    "127.0.0.1",
+    ...(extraArgs.includes("-port") ? [] : ["-port", "0"]),
+    "-loglevel",
+    "debug",
+    ...(extraArgs.includes("-statedir") ? [] : ["-statedir", `${keydir}-state`]),
+    ...(extraArgs.includes("-config") ? [] : ["-config", "/dev/null"]),
+    ...extraArgs,
+  ];
+  const [cmd, ...pre] = [...(how.wrap ?? []), Deno.execPath()];
+  const child = new Deno.Command(cmd, {
+    args: [...pre, ...args],
+    env: how.env,
     stdin: "null",
     stdout: "null",
     stderr: "piped",
@@ -148,6 +169,7 @@ export async function startServerProcess(
     pid: child.pid,
     log: () => text,
     waitForLog,
+    exited: status,
     async stop() {
       if (!exited) child.kill("SIGTERM");
       const s = await status;
@@ -568,7 +590,13 @@ export class ServerFixture {
 
   /** Starts a cmappserver on the fixture's state directory. */
   async server(...extra: string[]): Promise<ServerProcess> {
-    const s = await startServerProcess(this.keys.server, ["-statedir", this.stateDir, ...extra]);
+    return await this.serverWith({}, ...extra);
+  }
+
+  /** Starts a cmappserver on the fixture's state directory, with an environment or a wrapper. */
+  async serverWith(how: ServerStart, ...extra: string[]): Promise<ServerProcess> {
+    const state = extra.includes("-statedir") ? [] : ["-statedir", this.stateDir];
+    const s = await startServerProcess(this.keys.server, [...state, ...extra], how);
     this.servers.push(s);
     return s;
   }
@@ -590,6 +618,9 @@ export class ServerFixture {
   /** What a subclass must end after the managers and before the runs and servers. */
   protected endOthers(): void | Promise<void> {}
 
+  /** Called once everything has ended, before the directories are removed (unmounts). */
+  beforeRemove: () => Promise<void> = () => Promise.resolve();
+
   /** Ends everything the test started. */
   async cleanup(): Promise<void> {
     await Promise.all(this.mgrs.map((m) => m.kill()));
@@ -598,6 +629,7 @@ export class ServerFixture {
       await reapRuns([this.stateDir], this.pids);
     } finally {
       for (const s of this.servers) await s.stop().catch(() => {});
+      await this.beforeRemove();
       await this.keys.root.cleanup();
     }
   }

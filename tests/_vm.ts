@@ -16,7 +16,15 @@
  * @module
  */
 
-/** Where tools/vm_kernel.sh puts the guest kernel and modules. */
+/**
+ * Where tools/vm_kernel.sh puts the guest kernel and modules: $CMAPP_VM_DIR, default
+ * /var/cache/cmapp-vm.
+ *
+ * @example
+ * ```ts ignore
+ * const kernel = `${VM_DIR}/vmlinuz`;
+ * ```
+ */
 export const VM_DIR: string = Deno.env.get("CMAPP_VM_DIR") ?? "/var/cache/cmapp-vm";
 
 const QEMU = "qemu-system-x86_64";
@@ -29,17 +37,42 @@ const GUEST_SCRIPT = "/etc/cmapp-vm/script.sh";
 const READY = /cmapp-vm: ready/;
 const INIT_FAILED = /cmapp-vm: init failed: .*|Initramfs unpacking failed: .*|Kernel panic.*/;
 
-/** A file for the guest: a copy of a host file, or given contents. */
+/**
+ * A file for the guest: a copy of a host file (its mode, unless `mode` is given), or given
+ * contents (mode 0644 unless given).
+ *
+ * @example
+ * ```ts ignore
+ * const files: Record<string, GuestFile> = {
+ *   "/etc/cmappserver.conf": { content: "port = 5315\n" },
+ *   "/etc/cmappserver/key.pem": { hostPath: "/tmp/keys/key.pem", mode: 0o600 },
+ * };
+ * ```
+ */
 export type GuestFile =
   | { hostPath: string; mode?: number }
   | { content: string | Uint8Array; mode?: number };
 
-/** What to boot. */
+/**
+ * What to boot.
+ *
+ * @example
+ * ```ts ignore
+ * const options: GuestOptions = {
+ *   script: "export HOME=/tmp DENO_DIR=/tmp/deno\nexec deno run -A /opt/cmapp/dist/cmappserver.js",
+ *   binaries: { "/usr/local/bin/deno": Deno.execPath() },
+ *   files: { "/opt/cmapp/dist/cmappserver.js": { hostPath: "dist/cmappserver.js" } },
+ *   applets: ["cat", "sleep"],
+ *   forward: [5315],
+ * };
+ * ```
+ */
 export interface GuestOptions {
   /**
-   * Shell script (busybox sh) /init runs in the background once the guest is up, with stdout and
-   * stderr on the console, PATH=/usr/sbin:/usr/bin:/sbin:/bin and HOME=/root. When it ends,
-   * /init prints `cmapp-vm: script exited with status N`; the guest stays up.
+   * Shell script (busybox sh) /init runs in the background once the guest is up, with stdin
+   * /dev/null, stdout and stderr on the console, HOME=/root and
+   * PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin. When it ends, /init prints
+   * `cmapp-vm: script exited with status N`; the guest stays up.
    */
   script: string;
   /** Busybox applets to add as /bin symlinks, beyond the ones /init needs. */
@@ -68,7 +101,17 @@ export interface GuestOptions {
   isolated?: boolean;
 }
 
-/** A running guest. */
+/**
+ * A running guest, from {@link bootGuest}.
+ *
+ * @example
+ * ```ts ignore
+ * await using guest = await bootGuest({ script: "echo hi" });
+ * await guest.waitForConsole(/^hi$/m);
+ * await guest.freeze();
+ * await guest.thaw();
+ * ```
+ */
 export interface Guest extends AsyncDisposable {
   /** qemu's process id. */
   readonly pid: number;
@@ -80,8 +123,12 @@ export interface Guest extends AsyncDisposable {
   hostPort(guestPort: number): number;
   /** Everything the guest printed on its console so far ("\r\n" made "\n"). */
   console(): string;
-  /** Waits until the console matches `pattern` (from its start); fails after `ms` or if qemu exits. */
-  waitForConsole(pattern: RegExp, ms?: number): Promise<RegExpMatchArray>;
+  /**
+   * Waits until the console, from offset `from` (default 0: its start; pass `console().length`
+   * to wait for something new), matches `pattern`; fails after `ms` (default 60 000) or when
+   * qemu exits.
+   */
+  waitForConsole(pattern: RegExp, ms?: number, from?: number): Promise<RegExpMatchArray>;
   /** Freezes the guest (QMP `stop`): no guest code runs, qemu's network side still accepts. */
   freeze(): Promise<void>;
   /** Thaws a frozen guest (QMP `cont`). */
@@ -92,9 +139,15 @@ export interface Guest extends AsyncDisposable {
   qmp(command: string, args?: Record<string, unknown>): Promise<unknown>;
   /** True once qemu has exited. */
   exited(): boolean;
-  /** SIGKILLs qemu and waits for it (the guest dies without notice); temporary files stay until close(). */
+  /**
+   * SIGKILLs qemu and waits for it: the guest dies without notice, its forwarded ports close.
+   * The temporary directory stays until close().
+   */
   kill(): Promise<void>;
-  /** Stops qemu (QMP `quit`, SIGKILL if that fails), waits for it, removes the temporary directory. Idempotent. */
+  /**
+   * Stops qemu (QMP `quit`; SIGKILL if it has not exited 5 s later), waits for it and its output,
+   * and removes the temporary directory. Idempotent; also what `await using` calls.
+   */
   close(): Promise<void>;
 }
 
@@ -129,7 +182,7 @@ async function nonEmpty(path: string): Promise<boolean> {
  * undefined when they can.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * const reason = await vmSkipReason();
  * if (reason) console.log(`skipping: ${reason}`);
  * ```
@@ -162,7 +215,7 @@ export async function vmSkipReason(): Promise<string | undefined> {
  * "/lib64/ld-linux-x86-64.so.2"; undefined for a static executable.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * await elfInterpreter("/bin/busybox"); // undefined: busybox-static
  * ```
  */
@@ -207,7 +260,7 @@ async function readFully(f: Deno.FsFile, buf: Uint8Array, offset: number): Promi
  * or [] for a static one.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * await sharedLibraries(Deno.execPath());
  * // ["/lib/x86_64-linux-gnu/libdl.so.2", …, "/lib64/ld-linux-x86-64.so.2"]
  * ```
@@ -260,7 +313,11 @@ class Tree {
       if (!there) this.entries.set(dir, { kind: "dir", mode: 0o755 });
       else if (there.kind !== "dir") throw new Error(`guest path ${dir} is not a directory`);
     }
-    this.entries.set("/" + parts.join("/"), entry);
+    const full = "/" + parts.join("/");
+    if (this.entries.get(full)?.kind === "dir" && entry.kind !== "dir") {
+      throw new Error(`guest path ${full} is a directory`);
+    }
+    this.entries.set(full, entry);
   }
 }
 
@@ -323,6 +380,24 @@ async function copyInto(out: Deno.FsFile, hostPath: string, size: number): Promi
   }
 }
 
+/** An entry's cpio mode, size and (unless it is a host file, copied later) contents. */
+async function member(e: Entry): Promise<{ mode: number; size: number; data?: Uint8Array }> {
+  switch (e.kind) {
+    case "dir":
+      return { mode: 0o040000 | e.mode, size: 0 };
+    case "chardev":
+      return { mode: 0o020000 | e.mode, size: 0 };
+    case "symlink": {
+      const data = new TextEncoder().encode(e.target);
+      return { mode: 0o120777, size: data.length, data };
+    }
+    case "data":
+      return { mode: 0o100000 | e.mode, size: e.content.length, data: e.content };
+    case "file":
+      return { mode: 0o100000 | e.mode, size: (await Deno.stat(e.hostPath)).size };
+  }
+}
+
 /** Writes the tree as an uncompressed newc cpio archive (what the kernel unpacks as rootfs). */
 async function writeCpio(tree: Tree, path: string): Promise<void> {
   using out = await Deno.open(path, { write: true, create: true, truncate: true });
@@ -331,29 +406,12 @@ async function writeCpio(tree: Tree, path: string): Promise<void> {
   // Sorted, a directory comes before everything in it.
   for (const name of [...tree.entries.keys()].sort()) {
     const e = tree.entries.get(name)!;
-    const rel = name.slice(1);
-    let data: Uint8Array | undefined;
-    let size = 0;
-    let mode: number;
-    if (e.kind === "dir") mode = 0o040000 | e.mode;
-    else if (e.kind === "symlink") {
-      data = new TextEncoder().encode(e.target);
-      size = data.length;
-      mode = 0o120777;
-    } else if (e.kind === "chardev") mode = 0o020000 | e.mode;
-    else if (e.kind === "data") {
-      data = e.content;
-      size = data.length;
-      mode = 0o100000 | e.mode;
-    } else {
-      size = (await Deno.stat(e.hostPath)).size;
-      mode = 0o100000 | e.mode;
-    }
+    const { mode, size, data } = await member(e);
     const rdev: [number, number] | undefined = e.kind === "chardev"
       ? [e.major, e.minor]
       : undefined;
     const nlink = e.kind === "dir" ? 2 : 1;
-    await writeAll(out, cpioHeader(rel, { ino: ino++, mode, nlink, size, mtime, rdev }));
+    await writeAll(out, cpioHeader(name.slice(1), { ino: ino++, mode, nlink, size, mtime, rdev }));
     if (e.kind === "file") await copyInto(out, e.hostPath, size);
     else if (data) await writeAll(out, data);
     await writeAll(out, new Uint8Array(pad4(size) - size));
@@ -389,7 +447,7 @@ while read -r m; do
   insmod ${GUEST_MODULES}/"$m" || fail "insmod $m"
 done <${GUEST_MODULES}/modules.load
 i=0
-while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
+while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i + 1)); done
 ip link set lo up
 if ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 &&
   ip route add default via 10.0.2.2 dev eth0; then
@@ -467,7 +525,7 @@ async function addPayload(tree: Tree, options: GuestOptions): Promise<void> {
  * qemu, exposed for inspection (e.g. `cpio -t < path`).
  *
  * @example
- * ```ts
+ * ```ts ignore
  * await buildInitramfs({ script: "echo hi", applets: ["echo"] }, "/tmp/initrd.cpio");
  * ```
  */
@@ -634,11 +692,19 @@ class Qemu {
     }
   }
 
-  /** Waits for `pattern` on the console (or `failure`, which throws); fails on exit or after `ms`. */
-  async waitFor(pattern: RegExp, ms: number, failure?: RegExp): Promise<RegExpMatchArray> {
+  /**
+   * Waits for `pattern` on the console from offset `from` (or `failure`, which throws); fails
+   * on exit or after `ms`.
+   */
+  async waitFor(
+    pattern: RegExp,
+    ms: number,
+    from = 0,
+    failure?: RegExp,
+  ): Promise<RegExpMatchArray> {
     const deadline = Date.now() + ms;
     for (;;) {
-      const m = this.#console.match(pattern);
+      const m = this.#console.slice(from).match(pattern);
       if (m) return m;
       const bad = failure && this.#console.match(failure);
       if (bad) throw new Error(`guest: ${bad[0]}\n${this.describe()}`);
@@ -691,7 +757,7 @@ async function startQemu(options: GuestOptions, dir: string) {
     const ports = new Map((options.forward ?? []).map((g) => [g, freePort()]));
     const qemu = new Qemu(qemuArgs(options, dir, ports, memory));
     try {
-      await qemu.waitFor(READY, options.bootTimeoutMs ?? 120_000, INIT_FAILED);
+      await qemu.waitFor(READY, options.bootTimeoutMs ?? 120_000, 0, INIT_FAILED);
       return { qemu, ports, memory };
     } catch (e) {
       await qemu.kill();
@@ -707,7 +773,7 @@ async function startQemu(options: GuestOptions, dir: string) {
  * `bootTimeoutMs`; the error holds the console and qemu's stderr.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * await using guest = await bootGuest({
  *   script: "nc -ll -p 7 -e /bin/cat",
  *   applets: ["nc", "cat"],
@@ -766,7 +832,7 @@ function guestHandle(
       return p;
     },
     console: () => qemu.console,
-    waitForConsole: (pattern, ms = 60_000) => qemu.waitFor(pattern, ms),
+    waitForConsole: (pattern, ms = 60_000, from = 0) => qemu.waitFor(pattern, ms, from),
     freeze: async () => void await qmp("stop"),
     thaw: async () => void await qmp("cont"),
     status: async () => ((await qmp("query-status")) as { status: string }).status,

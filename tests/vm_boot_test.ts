@@ -91,7 +91,11 @@ for d in /bin /sbin /usr/bin /usr/sbin /usr/local/bin /usr/local/sbin; do
   done
 done
 echo "check: foreign programs:[$foreign]"
-if command -v perl >/dev/null || [ -e /usr/bin/perl ]; then echo "check: perl FOUND"; else echo "check: no perl"; fi
+if command -v perl >/dev/null || [ -e /usr/bin/perl ]; then
+  echo "check: perl FOUND"
+else
+  echo "check: no perl"
+fi
 (sleep 1 &)
 (sleep 1 &)
 sleep 3
