@@ -10,7 +10,7 @@ import { trust, writeIdentity } from "../tests/_harness.ts";
 import { programCommand, ROOT, scriptCommand } from "../tools/_programs.ts";
 import { type Client, connect } from "../manager/mod.ts";
 import { type Identity, loadIdentity, loadTrust, type TrustStore } from "../tls/mod.ts";
-import { delay } from "./_lib.ts";
+import { delay, note, reapSupervisors } from "./_lib.ts";
 
 /** A server and a manager key directory that trust each other. */
 export interface CmappKeys {
@@ -36,6 +36,10 @@ export interface CmappServer {
   args: string[];
   stateDir: string;
   log(): Promise<string>;
+  /**
+   * SIGTERM, waits for the exit, then ends what is left of its runs
+   * (applications still running and their supervisors, which outlive it).
+   */
   stop(): Promise<number>;
 }
 
@@ -100,6 +104,8 @@ export async function startCmappServer(
       if (!exited) child.kill("SIGTERM");
       const s = await status;
       await stderr;
+      const left = await reapSupervisors(`${dir}/state-${tag}`);
+      if (left > 0) note(`   cmappserver ${tag}: ${left} supervisor(s) left behind, killed`);
       return s.code;
     },
   };

@@ -1,20 +1,27 @@
 /**
  * A small probe of cmappserver's launch and exit paths, in-process, through
- * the server's own RunTable, RunStore and spawnProcess (no network, no
+ * the server's own RunTable, RunStore and cmapp-supervise (installed into a
+ * private state directory as the daemon installs it; no network, no
  * cmappmgr start-up). Prints medians and p95s:
  *
- * - launch: `RunTable.launch()` of `/bin/true`-like runs, one at a time;
- * - spawn: `spawnProcess()` alone until it returns (the pid line);
+ * - launch overhead: asked to start → the application runs (its first
+ *   `$EPOCHREALTIME` stamp), for the same bash started by Deno directly
+ *   (`Deno.Command().spawn()`, the floor), through cmapp-supervise
+ *   (`startSupervisor()`), and through `RunTable.launch()` (run record
+ *   written and synced, supervisor, control connection); interleaved. The
+ *   overhead is each path's p50 (p95) minus the direct one's;
+ * - answered: `startSupervisor()` alone until it resolves (pid known), and
+ *   `RunTable.launch()` one at a time until it resolves;
  * - burst: 60 `sleep 1` launched at once, launches answered per second;
- * - exit: guest exit (`bash -c 'sleep 0.1; echo $EPOCHREALTIME > F'`; the sleep
- *   so that it ends after the launch has returned) → Deno sees its own
- *   child's exit (the floor), → `spawnProcess().exited`, and → the run
+ * - exit: guest exit (the application's last stamp; it sleeps first so that
+ *   it ends after the launch has returned) → Deno sees its own child's exit
+ *   (the floor), → `link.ended` through cmapp-supervise, and → the run
  *   table's exit listener, plain and streamed runs (streamed: also until
  *   its outputs have drained, which is when the exit is sent);
  * - release: `RunTable.release()`.
  *
  * ```sh
- * deno run -q --no-prompt -P=cmapp bench/_launch_probe.ts [-n 40] [-supervisor perl|sh]
+ * deno run -q --no-prompt -P=cmapp bench/_launch_probe.ts [-n 40]
  * ```
  *
  * @module
@@ -22,65 +29,106 @@
 
 import { RunStore } from "../server/store.ts";
 import { type Run, RunTable } from "../server/runs.ts";
-import { findHelpers, spawnProcess, type SupervisorKind } from "../server/supervisor.ts";
-import { setCatPath } from "../server/procfs.ts";
+import { installSupervisor } from "../server/supervisor_binary.ts";
 import { DEFAULT_POLICY } from "../server/policy.ts";
 import { silentLogger } from "../log/logger.ts";
-import { wallMs } from "./_lib.ts";
+import { reapSupervisors, wallMs } from "./_lib.ts";
+import { SupervisorBench } from "./_supervise.ts";
 
 function _arg(name: string, def: string): string {
   const i = Deno.args.indexOf(`-${name}`);
   return i >= 0 && i + 1 < Deno.args.length ? Deno.args[i + 1] : def;
 }
 
-function _stats(xs: number[]): string {
+function _q(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
-  const q = (p: number) => s[Math.min(s.length - 1, Math.floor(p * s.length))];
-  return `p50 ${q(0.5).toFixed(2)} ms, p95 ${q(0.95).toFixed(2)} ms (n=${s.length})`;
+  return s[Math.min(s.length - 1, Math.floor(p * s.length))];
 }
 
+function _stats(xs: number[]): string {
+  return `p50 ${_q(xs, 0.5).toFixed(2)} ms, p95 ${_q(xs, 0.95).toFixed(2)} ms (n=${xs.length})`;
+}
+
+const _pad = (s: string) => s.padEnd(48);
+
 const n = Number(_arg("n", "40"));
-const supervisor = _arg("supervisor", "perl") as SupervisorKind;
 const tmp = await Deno.makeTempDir({ prefix: "cmapp-probe-" });
-const helpers = await findHelpers();
-setCatPath(helpers.cat);
 const store = await RunStore.open(`${tmp}/state`);
+const sb = await SupervisorBench.open(`${tmp}/alone`);
 const table = await RunTable.open({
   maxProcesses: 2000,
   keepFinished: 100000,
   keepFinishedMs: 86400_000,
   stopTimeoutMs: 10_000,
   policy: DEFAULT_POLICY,
-  supervisor,
   store,
-  spawn: (req) => spawnProcess({ ...req, helpers }),
+  supervisor: await installSupervisor(store.binDir),
   logger: silentLogger,
 });
 const ended = (run: Run) => new Promise<number>((r) => table.onExit(run.id, () => r(wallMs())));
+const stamp = (f: string) => `echo $EPOCHREALTIME > ${f}`;
+const readStamp = async (f: string) =>
+  Number((await Deno.readTextFile(f)).trim().replace(",", ".")) * 1000;
 
 try {
   // warm up
   for (let i = 0; i < 5; i++) {
     const r = await table.launch({ argv: ["/bin/sh", "-c", "exit 0"], name: `w${i}` }, "probe");
     if ("run" in r) await ended(r.run);
+    await sb.direct(0);
+    await sb.supervised(0);
   }
 
-  const spawn: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const t0 = performance.now();
-    const p = await spawnProcess({
-      argv: ["true"],
-      program: "/bin/true",
-      env: { PATH: "/usr/bin:/bin" },
-      cwd: "/",
-      statusFile: `${tmp}/s${i}.exit`,
-      supervisor,
-      helpers,
-    });
-    spawn.push(performance.now() - t0);
-    if (!("code" in p)) await p.exited;
+  {
+    // Asked to start → the application runs, three ways, interleaved.
+    const direct: number[] = [];
+    const sup: number[] = [];
+    const tab: number[] = [];
+    const supAnswered: number[] = [];
+    const tabAnswered: number[] = [];
+    const viaTable = async (i: number) => {
+      const f = `${tmp}/launch-${i}`;
+      const t0 = wallMs();
+      const r = await table.launch(
+        { argv: ["bash", "-c", `${stamp(f)}; sleep 0.05`], name: `o${i}` },
+        "probe",
+      );
+      const answered = wallMs() - t0;
+      if (!("run" in r)) throw new Error(r.message);
+      await ended(r.run);
+      tab.push(await readStamp(f) - t0);
+      tabAnswered.push(answered);
+      await table.release(r.run.id);
+    };
+    for (let i = 0; i < n; i++) {
+      const order = [
+        async () => direct.push((await sb.direct(0.05)).launchMs),
+        async () => {
+          const r = await sb.supervised(0.05);
+          sup.push(r.launchMs);
+          supAnswered.push(r.answeredMs);
+        },
+        () => viaTable(i),
+      ];
+      for (let k = 0; k < order.length; k++) await order[(i + k) % order.length]();
+    }
+    const over = (xs: number[], p: number) => (_q(xs, p) - _q(direct, p)).toFixed(2);
+    console.log(`${_pad("asked → app runs, Deno spawns it directly:")}${_stats(direct)}`);
+    console.log(`${_pad("asked → app runs, through cmapp-supervise:")}${_stats(sup)}`);
+    console.log(`${_pad("asked → app runs, RunTable.launch():")}${_stats(tab)}`);
+    console.log(
+      `${_pad("launch overhead of cmapp-supervise:")}p50 ${over(sup, 0.5)} ms, p95 ${
+        over(sup, 0.95)
+      } ms (limit 2 ms)`,
+    );
+    console.log(
+      `${_pad("launch overhead of RunTable.launch():")}p50 ${over(tab, 0.5)} ms, p95 ${
+        over(tab, 0.95)
+      } ms`,
+    );
+    console.log(`${_pad("startSupervisor() resolved (pid known):")}${_stats(supAnswered)}`);
+    console.log(`${_pad("RunTable.launch() resolved:")}${_stats(tabAnswered)}`);
   }
-  console.log(`spawnProcess (supervisor started, pid known):   ${_stats(spawn)}`);
 
   const launch: number[] = [];
   for (let i = 0; i < n; i++) {
@@ -89,7 +137,7 @@ try {
     launch.push(performance.now() - t0);
     if ("run" in r) await ended(r.run);
   }
-  console.log(`RunTable.launch, one at a time:                 ${_stats(launch)}`);
+  console.log(`${_pad("RunTable.launch of sh -c 'exit 0', one at a time:")}${_stats(launch)}`);
 
   {
     const k = 60;
@@ -113,27 +161,11 @@ try {
     const direct: number[] = [];
     const sup: number[] = [];
     for (let i = 0; i < n; i++) {
-      const f = `${tmp}/direct-${i}`;
-      const c = new Deno.Command("bash", { args: ["-c", `sleep 0.1; echo $EPOCHREALTIME > ${f}`] })
-        .spawn();
-      await c.status;
-      direct.push(wallMs() - Number((await Deno.readTextFile(f)).trim()) * 1000);
-      const g = `${tmp}/sup-${i}`;
-      const p = await spawnProcess({
-        argv: ["bash", "-c", `sleep 0.1; echo $EPOCHREALTIME > ${g}`],
-        program: "/bin/bash",
-        env: { PATH: "/usr/bin:/bin" },
-        cwd: "/",
-        statusFile: `${g}.exit`,
-        supervisor,
-        helpers,
-      });
-      if ("code" in p) continue;
-      await p.exited;
-      sup.push(wallMs() - Number((await Deno.readTextFile(g)).trim()) * 1000);
+      direct.push((await sb.direct(0.1)).exitMs);
+      sup.push((await sb.supervised(0.1)).exitMs);
     }
-    console.log(`exit → Deno sees its own child's exit (floor):  ${_stats(direct)}`);
-    console.log(`exit → spawnProcess().exited (supervisor hop):  ${_stats(sup)}`);
+    console.log(`${_pad("exit → Deno sees its own child's exit (floor):")}${_stats(direct)}`);
+    console.log(`${_pad("exit → link.ended through cmapp-supervise:")}${_stats(sup)}`);
   }
 
   for (const streams of [false, true]) {
@@ -144,7 +176,7 @@ try {
       const f = `${tmp}/stamp-${streams}-${i}`;
       const r = await table.launch(
         {
-          argv: ["bash", "-c", `sleep 0.1; echo $EPOCHREALTIME > ${f}`],
+          argv: ["bash", "-c", `sleep 0.1; ${stamp(f)}`],
           name: `e${streams}${i}`,
           streams,
         },
@@ -153,14 +185,14 @@ try {
       if (!("run" in r)) throw new Error(r.message);
       const run = r.run;
       if (run.io) {
-        run.io.attach({ data: () => {} });
+        run.io.attach({ resume: () => {}, data: () => {} });
         run.io.grant("stdout", 1 << 20);
         run.io.grant("stderr", 1 << 20);
       }
       const at = await ended(run);
       if (run.io) await run.io.drained(2000);
       const dr = wallMs();
-      const ts = Number((await Deno.readTextFile(f)).trim()) * 1000;
+      const ts = await readStamp(f);
       exit.push(at - ts);
       if (run.io) drained.push(dr - ts);
       const t0 = performance.now();
@@ -168,19 +200,18 @@ try {
       release.push(performance.now() - t0);
     }
     const what = streams ? "streamed" : "plain";
-    console.log(
-      `exit → table's exit listener, ${what}:${" ".repeat(9 - what.length)}        ${_stats(exit)}`,
-    );
-    if (streams) console.log(`exit → listener and outputs drained, streamed:  ${_stats(drained)}`);
-    console.log(
-      `RunTable.release, ${what}:${" ".repeat(9 - what.length)}                    ${
-        _stats(release)
-      }`,
-    );
+    console.log(`${_pad(`exit → table's exit listener, ${what}:`)}${_stats(exit)}`);
+    if (streams) {
+      console.log(`${_pad("exit → listener and outputs drained, streamed:")}${_stats(drained)}`);
+    }
+    console.log(`${_pad(`RunTable.release, ${what}:`)}${_stats(release)}`);
   }
 } finally {
-  table.close();
-  // let supervisors finish writing
+  await table.close();
+  store.close();
+  // Supervisors exit once told `done`; give the last ones a moment, then end any left.
   await new Promise((r) => setTimeout(r, 300));
+  const left = await reapSupervisors(store.dir) + await sb.close();
+  if (left > 0) console.log(`${left} supervisor(s) were left behind (killed)`);
   await Deno.remove(tmp, { recursive: true });
 }

@@ -1,7 +1,9 @@
 /**
  * Benchmark helpers: statistics, a high-resolution wall clock, timed child
  * processes, and process memory read from /proc through a perl subprocess
- * (Deno refuses /proc paths without --allow-all).
+ * (Deno refuses /proc paths without --allow-all), with cmapp-supervise
+ * processes found by their argv (they detach: they are no children of
+ * cmappserver).
  *
  * @module
  */
@@ -119,28 +121,44 @@ export interface ProcMem {
   hwm: number;
   /** Anonymous memory (heap, stacks: not the program's file pages), from smaps_rollup. */
   anon: number;
+  /**
+   * 0: not a supervisor asked for; 1: a cmapp-supervise of the state
+   * directory asked for (its argv names its runs/), without streams; 2: one
+   * with streams (`-o`).
+   */
+  supervisor: 0 | 1 | 2;
 }
 
 // Reads /proc/*/stat for the process tree, then lists the roots named in
-// ARGV and all their descendants, one line per process, with smaps_rollup and
-// status figures for the roots and those whose command name matches the
-// pattern in $ARGV[0] (the others get zeros: reading is not free).
+// ARGV, the supervisors of the runs directory in $ARGV[1] (when not empty: a
+// process whose argv[0] names cmapp-supervise and whose argv names that
+// directory; they detach, so they are found by argv, not as children), and
+// all their descendants, one line per process, with smaps_rollup and status
+// figures for the roots, the supervisors and those whose command name
+// matches the pattern in $ARGV[0] (the others get zeros: reading is not free).
 const _MEM_PERL = String.raw`
 my $want = shift @ARGV; my $re = qr/$want/;
+my $runs = shift @ARGV;
 my %roots = map { $_ => 1 } @ARGV;
-my (%ppid, %comm, %kids);
+my (%ppid, %comm, %kids, %sup);
 opendir(my $d, "/proc") or die;
 for my $p (grep { /^\d+$/ } readdir($d)) {
   open(my $s, "<", "/proc/$p/stat") or next; my $l = <$s>; close($s);
   next unless defined $l && $l =~ /^\d+ \((.*)\) (\S+) (\d+)/s;
   $comm{$p} = $1; $ppid{$p} = $3; push @{$kids{$3}}, $p;
+  next unless $runs ne "" && $p != $$;
+  open(my $c, "<", "/proc/$p/cmdline") or next; local $/; my $cl = <$c>; close($c);
+  next unless defined $cl;
+  my @a = split /\0/, $cl;
+  next unless @a && $a[0] =~ /cmapp-supervise/ && grep { index($_, $runs) == 0 } @a;
+  $sup{$p} = (grep { $_ eq "-o" } @a) ? 2 : 1;
 }
-my @todo = grep { exists $comm{$_} } keys %roots; my %seen;
+my @todo = grep { exists $comm{$_} } (keys %roots, keys %sup); my %seen;
 while (@todo) {
   my $p = shift @todo; next if $seen{$p}++;
   push @todo, @{$kids{$p} || []};
   my ($rss, $pss, $priv, $hwm, $anon) = (0, 0, 0, 0, 0);
-  my $measure = $roots{$p} || $comm{$p} =~ $re;
+  my $measure = $roots{$p} || $sup{$p} || $comm{$p} =~ $re;
   if ($measure && open(my $m, "<", "/proc/$p/smaps_rollup")) {
     while (<$m>) {
       $rss = $1 if /^Rss:\s+(\d+)/; $pss = $1 if /^Pss:\s+(\d+)/;
@@ -153,17 +171,24 @@ while (@todo) {
     close($st);
   }
   my $c = $comm{$p}; $c =~ s/\s/_/g;
-  print "$p $ppid{$p} $rss $pss $priv $hwm $anon $c\n";
+  print "$p $ppid{$p} $rss $pss $priv $hwm $anon ", ($sup{$p} || 0), " $c\n";
 }
 `;
 
 /**
  * `roots` and all their descendants, with the memory of the roots and of
  * the descendants whose command name matches `measure` (a Perl regexp).
+ * With `runsDir` (a state directory's runs/), also the cmapp-supervise
+ * processes of that directory (found by argv) and their descendants (the
+ * applications), with the supervisors' memory.
  */
-export async function processTree(roots: number[], measure = "."): Promise<ProcMem[]> {
+export async function processTree(
+  roots: number[],
+  measure = ".",
+  runsDir = "",
+): Promise<ProcMem[]> {
   const out = await new Deno.Command("perl", {
-    args: ["-e", _MEM_PERL, measure, ...roots.map(String)],
+    args: ["-e", _MEM_PERL, measure, runsDir, ...roots.map(String)],
     stdin: "null",
     stdout: "piped",
     stderr: "null",
@@ -171,7 +196,8 @@ export async function processTree(roots: number[], measure = "."): Promise<ProcM
   const list: ProcMem[] = [];
   for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
     const f = line.split(" ");
-    if (f.length < 8) continue;
+    if (f.length < 9) continue;
+    const sup = Number(f[7]);
     list.push({
       pid: Number(f[0]),
       ppid: Number(f[1]),
@@ -180,10 +206,35 @@ export async function processTree(roots: number[], measure = "."): Promise<ProcM
       priv: Number(f[4]),
       hwm: Number(f[5]),
       anon: Number(f[6]),
-      comm: f.slice(7).join(" "),
+      supervisor: sup === 1 || sup === 2 ? sup : 0,
+      comm: f.slice(8).join(" "),
     });
   }
   return list;
+}
+
+/**
+ * Ends what is left of a state directory's runs: the applications (their
+ * process groups, SIGKILL) and then their supervisors (which wait for a
+ * cmappserver that will not come). Returns how many supervisors were left.
+ */
+export async function reapSupervisors(stateDir: string): Promise<number> {
+  const tree = await processTree([], "^$", `${stateDir}/runs`);
+  const sups = tree.filter((p) => p.supervisor > 0);
+  const apps = tree.filter((p) => sups.some((s) => s.pid === p.ppid));
+  const kill = (pid: number) => {
+    if (pid <= 1 || pid === Deno.pid) return;
+    for (const id of [-pid, pid]) {
+      try {
+        Deno.kill(id, "SIGKILL");
+      } catch {
+        // gone, or no such group
+      }
+    }
+  };
+  for (const a of apps) kill(a.pid);
+  for (const s of sups) kill(s.pid);
+  return sups.length;
 }
 
 /** RSS in KiB as `ps -o rss=` reports it (null when the process is gone). */
@@ -211,6 +262,74 @@ export async function cpuSeconds(pid: number, children = true): Promise<number |
   const f = text.slice(close + 2).split(" ").map(Number);
   const ticks = f[11] + f[12] + (children ? f[13] + f[14] : 0);
   return Number.isFinite(ticks) ? ticks / _tick : null;
+}
+
+// The supervisors of the runs directory in $ARGV[0] (argv[0] names
+// cmapp-supervise, argv names the directory): "pid ticks" each, ticks being
+// user + system time, its own and that of the children it has reaped (the
+// application, once ended), from /proc/PID/stat.
+const _SUP_CPU_PERL = String.raw`
+my $runs = shift @ARGV;
+opendir(my $d, "/proc") or die;
+for my $p (grep { /^\d+$/ } readdir($d)) {
+  next if $p == $$;
+  open(my $c, "<", "/proc/$p/cmdline") or next; my $cl = do { local $/; <$c> }; close($c);
+  next unless defined $cl;
+  my @a = split /\0/, $cl;
+  next unless @a && $a[0] =~ /cmapp-supervise/ && grep { index($_, $runs) == 0 } @a;
+  open(my $s, "<", "/proc/$p/stat") or next; my $l = <$s>; close($s);
+  next unless defined $l && $l =~ /\) (.*)$/s;
+  my @f = split / /, $1;
+  print "$p ", $f[11] + $f[12] + $f[13] + $f[14], "\n";
+}
+`;
+
+/**
+ * Follows the CPU time of a state directory's supervisors while something
+ * runs: cmapp-supervise detaches, so its time (the relay, and the
+ * application it reaps) never reaches cmappserver's children's time. Polls
+ * every `everyMs`; `stop()` polls once more and returns the seconds used
+ * since the start by every supervisor seen (one that exits between two
+ * polls loses what it used after the last one: at most `everyMs` of it).
+ */
+export async function followSupervisorCpu(
+  stateDir: string,
+  everyMs = 200,
+): Promise<{ stop(): Promise<number> }> {
+  if (!_tick) _tick = Number((await capture("getconf", ["CLK_TCK"])).trim()) || 100;
+  const poll = async () => {
+    const out = await new Deno.Command("perl", {
+      args: ["-e", _SUP_CPU_PERL, `${stateDir}/runs`],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    const m = new Map<number, number>();
+    for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
+      const [pid, ticks] = line.split(" ").map(Number);
+      if (Number.isFinite(pid) && Number.isFinite(ticks)) m.set(pid, ticks);
+    }
+    return m;
+  };
+  const base = await poll();
+  const last = new Map<number, number>();
+  let done = false;
+  const loop = (async () => {
+    while (!done) {
+      for (const [pid, t] of await poll()) last.set(pid, Math.max(t, last.get(pid) ?? 0));
+      await delay(everyMs);
+    }
+  })();
+  return {
+    async stop() {
+      done = true;
+      await loop;
+      for (const [pid, t] of await poll()) last.set(pid, Math.max(t, last.get(pid) ?? 0));
+      let ticks = 0;
+      for (const [pid, t] of last) ticks += t - (base.get(pid) ?? 0);
+      return ticks / _tick;
+    },
+  };
 }
 
 /** A free TCP port on 127.0.0.1 (closed again; a small race is acceptable here). */

@@ -62,6 +62,37 @@ export function renderMarkdown(r: Json): string {
       fmt(L.ssh?.p50, "ms"),
       ratio(L.api_connect?.p50, L.ssh?.p50),
     );
+    const O = r.launchToExit.overhead;
+    if (O) {
+      row(
+        `Launch overhead of the supervisor: asked to start → the application runs, through ` +
+          `cmapp-supervise minus Deno spawning it directly, p50 / p95 (${O.runs} runs)`,
+        `${fmt(O.overheadP50Ms, "ms", 2)} / ${fmt(O.overheadP95Ms, "ms", 2)}`,
+        "",
+        "",
+        "< 2 ms (p50)",
+        Number.isFinite(O.overheadP50Ms) ? O.overheadP50Ms < 2 : null,
+      );
+      row(
+        "… asked to start → the application runs, p50: Deno spawns it / through " +
+          "cmapp-supervise (startSupervisor) / through the API on an open connection (network, " +
+          "daemon, run record, supervisor)",
+        `${fmt(O.direct?.p50, "ms", 2)} / ${fmt(O.supervised?.p50, "ms", 2)} / ${
+          fmt(O.api?.p50, "ms", 2)
+        }`,
+        "",
+        "",
+      );
+      row(
+        "… start answered (pid known), p50: Deno's spawn() returned / startSupervisor() " +
+          "resolved / API launch() resolved",
+        `${fmt(O.answered?.directSpawnReturned?.p50, "ms", 2)} / ${
+          fmt(O.answered?.startSupervisorResolved?.p50, "ms", 2)
+        } / ${fmt(O.answered?.apiLaunchResolved?.p50, "ms", 2)}`,
+        "",
+        "",
+      );
+    }
   }
   if (r.exitLatency) {
     for (const q of ["p50", "p95"] as const) {
@@ -94,10 +125,10 @@ export function renderMarkdown(r: Json): string {
     if (D) {
       row(
         "… pieces, p50: protocol round trip (ping) / release round trip / Deno sees its " +
-          "child's exit / through the perl supervisor (spawnProcess().exited, no network)",
+          "child's exit / through cmapp-supervise (link.ended, no network)",
         `${fmt(D.pingRoundTripMs?.p50, "ms", 2)} / ${fmt(D.releaseRoundTripMs?.p50, "ms", 2)} / ${
           fmt(D.denoSeesChildExitMs?.p50, "ms", 2)
-        } / ${fmt(D.throughPerlSupervisorMs?.p50, "ms", 2)}`,
+        } / ${fmt(D.throughSupervisorMs?.p50, "ms", 2)}`,
         "",
         "",
       );
@@ -114,7 +145,8 @@ export function renderMarkdown(r: Json): string {
     const B = r.exitLatency.apiBreakdown;
     if (B) {
       row(
-        "… API p50 split: guest exit → supervisor wrote the status file / → wait() resolved",
+        "… API p50 split: guest exit → supervisor wrote the exit record (runs/ID.exit) / → " +
+          "wait() resolved",
         `${fmt(B.guestExitToStatusFile?.p50, "ms", 2)} / ${
           fmt(B.statusFileToWaitResolved?.p50, "ms", 2)
         }`,
@@ -171,7 +203,7 @@ export function renderMarkdown(r: Json): string {
         "",
       );
       row(
-        `… plus the perl supervisors at the peak: count: RSS / PSS / private`,
+        `… plus the supervisors (cmapp-supervise) at the peak: count: RSS / PSS / private`,
         c.atPeak
           ? `${c.atPeak.supervisors}: ${mib(c.atPeak.supervisorsRssKiB)} / ${
             mib(c.atPeak.supervisorsPssKiB)
@@ -251,8 +283,10 @@ export function renderMarkdown(r: Json): string {
         pp.daemonRssKiB < 64,
       );
       row(
-        "… same, least-squares slope over the levels / 0 → 100 running only",
-        `${kib(pp.daemonRssKiB_leastSquares)} / ${kib(pp.daemonRssKiB_0to100)}`,
+        `… same, least-squares slope over the levels / 0 → ${pp.midRunning ?? 100} running only`,
+        `${kib(pp.daemonRssKiB_leastSquares)} / ${
+          kib(pp.daemonRssKiB_0toMid ?? pp.daemonRssKiB_0to100)
+        }`,
         "",
         "",
       );
@@ -263,11 +297,25 @@ export function renderMarkdown(r: Json): string {
         "",
       );
       row(
-        "Daemon + supervisor per monitored process, PSS (ssh: sshd per separate session, PSS)",
+        "**Daemon + supervisor per monitored process, PSS**, plain runs (ssh: sshd per separate " +
+          "session, PSS)",
         kib(pp.totalPssKiB),
         kib(M.ssh?.perSessionPssKiB),
         ratio(pp.totalPssKiB, M.ssh?.perSessionPssKiB),
+        "< 256 KiB (goal 32)",
+        Number.isFinite(pp.totalPssKiB) ? pp.totalPssKiB < 256 : null,
       );
+      if (pp.streamsTotalPssKiB !== undefined) {
+        row(
+          `… runs launched with streams, as cmappmgr launches them (${pp.streamsRunsAdded} ` +
+            `more)`,
+          kib(pp.streamsTotalPssKiB),
+          "",
+          "",
+          "< 256 KiB (goal 32)",
+          Number.isFinite(pp.streamsTotalPssKiB) ? pp.streamsTotalPssKiB < 256 : null,
+        );
+      }
       row(
         "Daemon + supervisor per monitored process, RSS (ssh: sshd per separate session, RSS)",
         kib(pp.totalRssKiB),
@@ -275,14 +323,24 @@ export function renderMarkdown(r: Json): string {
         ratio(pp.totalRssKiB, M.ssh?.perSessionRssKiB),
       );
       row(
-        "… of which the perl supervisor: RSS / PSS / private",
+        "… of which the supervisor (cmapp-supervise), plain runs: RSS / PSS / private",
         `${kib(pp.supervisorRssKiB)} / ${kib(pp.supervisorPssKiB)} / ${kib(pp.supervisorPrivKiB)}`,
         "",
         "",
       );
+      if (pp.streamsSupervisorPssKiB !== undefined) {
+        row(
+          "… of which the supervisor, runs with streams: RSS / PSS / private",
+          `${kib(pp.streamsSupervisorRssKiB)} / ${kib(pp.streamsSupervisorPssKiB)} / ${
+            kib(pp.streamsSupervisorPrivKiB)
+          }`,
+          "",
+          "",
+        );
+      }
       row(
-        "Daemon RSS per run launched with streams (as cmappmgr launches)",
-        kib(pp.streamsRunDaemonRssKiB),
+        "Daemon per run launched with streams (as cmappmgr launches), RSS / PSS",
+        `${kib(pp.streamsRunDaemonRssKiB)} / ${kib(pp.streamsRunDaemonPssKiB)}`,
         "",
         "",
       );
@@ -322,6 +380,17 @@ export function renderMarkdown(r: Json): string {
         cpu(T[dir]?.ssh),
         ratio(tot(T[dir]?.cmappmgr), tot(T[dir]?.ssh)),
       );
+      if (T[dir]?.cmappmgr?.supervisorCpuSPerGiB !== undefined) {
+        row(
+          "… of the server side, cmapp-supervise (its relay, and the application it reaps) " +
+            "(cmappmgr / API)",
+          `${fmt(T[dir]?.cmappmgr?.supervisorCpuSPerGiB, "s", 2)} / ${
+            fmt(T[dir]?.api?.supervisorCpuSPerGiB, "s", 2)
+          }`,
+          "",
+          "",
+        );
+      }
     }
   }
   const F = r.throughput?.rawTlsFloor;

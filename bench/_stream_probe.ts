@@ -2,7 +2,10 @@
  * Stream throughput probe (issue 6): N bytes through a run's stdout and
  * stdin, by the client API in-process and by the cmappmgr command line, with
  * MB/s, CPU seconds per GiB of each side, and cmappmgr's peak RSS; and the
- * floor, the project's TLS stack alone. Runs the programs of the tree it is
+ * floor, the project's TLS stack alone. The server side is cmappserver (with
+ * the children it reaped) plus the run's cmapp-supervise, which detaches and
+ * is followed apart (its relay, and the application it reaps); "daemon
+ * alone" is cmappserver's own time. Runs the programs of the tree it is
  * in, so a copy of an older tree measures that tree.
  *
  *   deno run -P=cmapp bench/_stream_probe.ts [-bytes N] [-reps R] [-only a,b]
@@ -18,7 +21,7 @@ import {
   startCmappServer,
   startTlsSender,
 } from "./_cmapp.ts";
-import { cpuSeconds, delay, processTree, round } from "./_lib.ts";
+import { cpuSeconds, delay, followSupervisorCpu, processTree, round } from "./_lib.ts";
 import { ROOT } from "../tools/_programs.ts";
 import { shellExitCode } from "../protocol/mod.ts";
 
@@ -50,6 +53,7 @@ const _mbps = (ms: number) => round(N / 1e6 / (ms / 1000));
 
 async function apiOut(): Promise<Row> {
   const c0 = (await cpuSeconds(Deno.pid, false))!;
+  const sup = await followSupervisorCpu(server.stateDir);
   const s0 = (await cpuSeconds(server.pid))!;
   const d0 = (await cpuSeconds(server.pid, false))!;
   const t0 = performance.now();
@@ -72,19 +76,21 @@ async function apiOut(): Promise<Row> {
   await delay(200);
   const c1 = (await cpuSeconds(Deno.pid, false))!;
   const s1 = (await cpuSeconds(server.pid))!;
+  const supS = await sup.stop();
   const d1 = (await cpuSeconds(server.pid, false))!;
   return {
     what: "api stdout",
     MBps: _mbps(ms),
     avgChunkKiB: round(N / chunks / 1024),
     clientCpuPerGiB: round((c1 - c0) / GIB, 2),
-    serverCpuPerGiB: round((s1 - s0) / GIB, 2),
+    serverCpuPerGiB: round((s1 - s0 + supS) / GIB, 2),
     daemonCpuPerGiB: round((d1 - d0) / GIB, 2),
   };
 }
 
 async function apiIn(): Promise<Row> {
   const c0 = (await cpuSeconds(Deno.pid, false))!;
+  const sup = await followSupervisorCpu(server.stateDir);
   const s0 = (await cpuSeconds(server.pid))!;
   const d0 = (await cpuSeconds(server.pid, false))!;
   const t0 = performance.now();
@@ -108,12 +114,13 @@ async function apiIn(): Promise<Row> {
   await delay(200);
   const c1 = (await cpuSeconds(Deno.pid, false))!;
   const s1 = (await cpuSeconds(server.pid))!;
+  const supS = await sup.stop();
   const d1 = (await cpuSeconds(server.pid, false))!;
   return {
     what: "api stdin",
     MBps: _mbps(ms),
     clientCpuPerGiB: round((c1 - c0) / GIB, 2),
-    serverCpuPerGiB: round((s1 - s0) / GIB, 2),
+    serverCpuPerGiB: round((s1 - s0 + supS) / GIB, 2),
     daemonCpuPerGiB: round((d1 - d0) / GIB, 2),
   };
 }
@@ -127,6 +134,7 @@ async function cli(dir: "stdout" | "stdin"): Promise<Row> {
   const script = dir === "stdout"
     ? `${mgr(["head", "-c", String(N), "/dev/zero"])} | wc -c`
     : `head -c ${N} /dev/zero | ${mgr(["sh", "-c", "cat > /dev/null"], ["-stdin"])}`;
+  const sup = await followSupervisorCpu(server.stateDir);
   const s0 = (await cpuSeconds(server.pid))!;
   const d0 = (await cpuSeconds(server.pid, false))!;
   const t0 = performance.now();
@@ -152,13 +160,14 @@ async function cli(dir: "stdout" | "stdin"): Promise<Row> {
   }
   await delay(200);
   const s1 = (await cpuSeconds(server.pid))!;
+  const supS = await sup.stop();
   const d1 = (await cpuSeconds(server.pid, false))!;
   const cpu = (await Deno.readTextFile(cpuFile)).trim().split(/\s+/).map(Number);
   return {
     what: `cli ${dir}`,
     MBps: _mbps(ms),
     clientCpuPerGiB: round((cpu[0] + cpu[1]) / GIB, 2),
-    serverCpuPerGiB: round((s1 - s0) / GIB, 2),
+    serverCpuPerGiB: round((s1 - s0 + supS) / GIB, 2),
     daemonCpuPerGiB: round((d1 - d0) / GIB, 2),
     peakRssMiB: round(peak / 1024),
   };

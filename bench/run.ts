@@ -7,14 +7,18 @@
  * interleaved (each iteration runs every variant, in rotating order) so
  * that noise from elsewhere on the machine hits both alike:
  *
- *  1. launch to exit of `true` (cmappmgr vs ssh, whole command);
+ *  1. launch to exit of `true` (cmappmgr vs ssh, whole command), and the
+ *     launch overhead of cmapp-supervise (asked to start → the application
+ *     runs, against Deno starting the same program directly);
  *  2. exit notification latency (the guest writes $EPOCHREALTIME just
  *     before exiting; until the host side returns), also through the client
  *     API, with the pieces of the path measured apart;
  *  3. 30 and 1000 simultaneous `sleep 1; exit K` over one connection, with
  *     memory at the peak, vs sshd with separate and multiplexed sessions;
- *  4. daemon memory: idle, and per monitored process (0, 100, 500 sleeps);
- *     sshd per session;
+ *  4. daemon memory: idle, and per monitored process (0, 100, 500 sleeps,
+ *     then 100 more with streams), daemon and supervisors (cmapp-supervise
+ *     detaches: supervisors are found by their argv, which names the state
+ *     directory's runs/); sshd per session;
  *  5. stdout and stdin throughput (1 GiB; -quick: 256 MiB), with CPU time;
  *  6. cmappmgr start-up (-version) and peak memory following a run.
  *
@@ -32,7 +36,6 @@
 import type { Client } from "../manager/mod.ts";
 import { PROTOCOL_VERSION, shellExitCode, SOFTWARE_VERSION } from "../protocol/mod.ts";
 import { programCommand, ROOT, scriptCommand } from "../tools/_programs.ts";
-import { DEFAULT_PATH, findHelpers, resolveProgram, spawnProcess } from "../server/supervisor.ts";
 import {
   cmappClient,
   type CmappKeys,
@@ -47,6 +50,7 @@ import {
   capture,
   cpuSeconds,
   delay,
+  followSupervisorCpu,
   note,
   pool,
   processTree,
@@ -60,6 +64,7 @@ import {
 } from "./_lib.ts";
 import { type Sshd, type SshMaster, startMaster, startSshd } from "./_sshd.ts";
 import { renderMarkdown, renderSvg } from "./_report.ts";
+import { type StampedRun, SupervisorBench } from "./_supervise.ts";
 
 // ------------------------------------------------------------------ options
 
@@ -97,6 +102,7 @@ const P = QUICK
     concurrency: [30],
     sshConcurrency: [30],
     memLevels: [0, 30, 60],
+    memStreamRuns: 30,
     sshMemSessions: 5,
     multiConnections: 0,
     multiRuns: 0,
@@ -111,6 +117,7 @@ const P = QUICK
     concurrency: [30, 1000],
     sshConcurrency: [30, 500],
     memLevels: [0, 100, 500],
+    memStreamRuns: 100,
     sshMemSessions: 50,
     multiConnections: 10,
     multiRuns: 150,
@@ -258,7 +265,85 @@ async function launchToExit(ctx: Ctx): Promise<Json> {
   }
   const out: Json = { runs: n, unit: "ms", summary: {}, samples };
   for (const [k, s] of Object.entries(samples)) out.summary[k] = summarize(s);
+  out.overhead = await launchOverhead(ctx);
   return out;
+}
+
+/**
+ * The launch overhead of the supervisor: from asking to start a run until
+ * the application runs (its first `$EPOCHREALTIME` stamp), through
+ * cmapp-supervise as cmappserver starts it (`startSupervisor()`, no network,
+ * no run table), against Deno starting the same bash directly; and, for
+ * scale, through the API on the open connection (network, daemon, run
+ * record, supervisor). Interleaved, after one warm-up round.
+ */
+async function launchOverhead(ctx: Ctx): Promise<Json> {
+  const n = P.latencyRuns;
+  note(`1. launch overhead of cmapp-supervise: ${n} runs each, interleaved`);
+  const sb = await SupervisorBench.open(`${ctx.tmp}/launch-overhead`);
+  const runs: Record<string, StampedRun[]> = { direct: [], supervised: [], api: [] };
+  const dir = `${ctx.tmp}/launch-stamps`;
+  await Deno.mkdir(dir, { recursive: true });
+  let k = 0;
+  const api = async (): Promise<StampedRun> => {
+    const f = `${dir}/api-${k++}`;
+    const t0 = wallMs();
+    const { run } = await ctx.client.launch(
+      ["bash", "-c", `echo $EPOCHREALTIME > ${f}; sleep 0.05`],
+      { name: runName("o") },
+    );
+    const answered = wallMs();
+    await ctx.client.wait(run);
+    await ctx.client.release(run).catch(() => {});
+    const ts = Number((await Deno.readTextFile(f)).trim().replace(",", ".")) * 1000;
+    return { launchMs: ts - t0, answeredMs: answered - t0, exitMs: NaN };
+  };
+  const variants: [string, () => Promise<StampedRun>][] = [
+    ["direct", () => sb.direct(0.05)],
+    ["supervised", () => sb.supervised(0.05)],
+    ["api", api],
+  ];
+  try {
+    for (let i = -P.warmup; i < n; i++) {
+      for (const [name, run] of rotate(variants, i + P.warmup)) {
+        const r = await run();
+        if (i >= 0) runs[name].push(r);
+      }
+    }
+  } finally {
+    const left = await sb.close();
+    if (left > 0) note(`   ${left} supervisor(s) left behind by the launch probe (killed)`);
+  }
+  const launch = (name: string) => summarize(runs[name].map((r) => round(r.launchMs, 3)));
+  const answered = (name: string) => summarize(runs[name].map((r) => round(r.answeredMs, 3)));
+  const [d, sv, a] = [launch("direct"), launch("supervised"), launch("api")];
+  return {
+    runs: n,
+    unit: "ms",
+    method: "asked to start (harness wall clock) → the application's first stamp " +
+      "(bash -c 'echo $EPOCHREALTIME > F; sleep 0.05'); direct: Deno.Command().spawn() of the " +
+      "same bash (stdio null, same environment); supervised: startSupervisor() of server/" +
+      "supervisor.ts with the installed cmapp-supervise on a private state directory, then " +
+      "SupervisorLink.open, link.ended, link.done(); api: client.launch() on the open " +
+      "connection (network, daemon, run record synced, supervisor). Overhead = supervised " +
+      "quantile − direct quantile",
+    direct: d,
+    supervised: sv,
+    api: a,
+    overheadP50Ms: round(sv.p50 - d.p50, 3),
+    overheadP95Ms: round(sv.p95 - d.p95, 3),
+    apiOverheadP50Ms: round(a.p50 - d.p50, 3),
+    answered: {
+      directSpawnReturned: answered("direct"),
+      startSupervisorResolved: answered("supervised"),
+      apiLaunchResolved: answered("api"),
+    },
+    samples: {
+      direct: runs.direct.map((r) => round(r.launchMs, 3)),
+      supervised: runs.supervised.map((r) => round(r.launchMs, 3)),
+      api: runs.api.map((r) => round(r.launchMs, 3)),
+    },
+  };
 }
 
 // ---------------------------------------------------- 2. exit notification latency
@@ -347,9 +432,10 @@ async function exitLatency(ctx: Ctx): Promise<Json> {
     apiBreakdown: {
       guestExitToStatusFile: summarize(toSup),
       statusFileToWaitResolved: summarize(toWait),
-      note: "status file time = its mtime (written by the perl supervisor after waitpid, " +
-        "then renamed); the rest is: supervisor exit, cmappserver sees the child's end, reads " +
-        "the file, sends the notification; the client decodes it",
+      note: "status file time = the mtime of runs/ID.exit (written by cmapp-supervise after " +
+        "waitpid, to a temporary name and renamed); the rest is: the supervisor's `exit` line " +
+        "on its control socket, cmappserver's exit listener, the notification; the client " +
+        "decodes it",
     },
     diagnostics,
     summary: {},
@@ -364,8 +450,9 @@ async function exitLatency(ctx: Ctx): Promise<Json> {
  * - the protocol round trip on an open connection (ping);
  * - a Deno process seeing its own child's exit (child.status), the floor
  *   for any Deno daemon;
- * - the same through cmappserver's own perl supervisor (server/supervisor.ts
- *   spawnProcess, in the harness): the daemon's path minus the network;
+ * - the same through cmapp-supervise, started and followed as cmappserver
+ *   does it (startSupervisor, SupervisorLink.open, link.ended), in the
+ *   harness: the daemon's path minus the network and the run table;
  * - cmappmgr's timeline from its log file: guest exit → "exited" logged
  *   (after the release round trip) → process exit seen.
  */
@@ -393,29 +480,19 @@ async function latencyDiagnostics(
     await ctx.client.release(run);
     release.push(round(performance.now() - t0, 3));
   }
+  // The application sleeps 0.1 s first, so that it ends after the start was
+  // answered and the control connection is open (as in the daemon).
   const direct: number[] = [];
   const sup: number[] = [];
-  const helpers = await findHelpers();
-  const bash = await resolveProgram("bash", DEFAULT_PATH);
-  for (let i = 0; i < n; i++) {
-    const f = `${dir}/direct-${i}`;
-    const child = new Deno.Command("bash", { args: ["-c", stamp(f)], stdout: "null" }).spawn();
-    await child.status;
-    direct.push(round(wallMs() - await readStamp(f), 3));
-    if (typeof bash !== "string") continue;
-    const g = `${dir}/sup-${i}`;
-    const p = await spawnProcess({
-      argv: ["bash", "-c", stamp(g)],
-      program: bash,
-      env: { PATH: DEFAULT_PATH },
-      cwd: "/",
-      statusFile: `${dir}/sup-${i}.exit`,
-      supervisor: "perl",
-      helpers,
-    });
-    if ("code" in p) continue;
-    await p.exited;
-    sup.push(round(wallMs() - await readStamp(g), 3));
+  const sb = await SupervisorBench.open(`${dir}/supervise`);
+  try {
+    for (let i = 0; i < n; i++) {
+      direct.push(round((await sb.direct(0.1)).exitMs, 3));
+      sup.push(round((await sb.supervised(0.1)).exitMs, 3));
+    }
+  } finally {
+    const left = await sb.close();
+    if (left > 0) note(`   ${left} supervisor(s) left behind by the exit probe (killed)`);
   }
   const logged: number[] = [];
   const after: number[] = [];
@@ -435,33 +512,54 @@ async function latencyDiagnostics(
     pingRoundTripMs: summarize(ping),
     releaseRoundTripMs: summarize(release),
     denoSeesChildExitMs: summarize(direct),
-    throughPerlSupervisorMs: summarize(sup),
+    throughSupervisorMs: summarize(sup),
     cmappmgrGuestExitToExitLoggedMs: summarize(logged),
     cmappmgrExitLoggedToProcessExitMs: summarize(after),
-    notes: "denoSeesChildExit: bash started directly by the harness (Deno), stamp to " +
-      "child.status; throughPerlSupervisor: bash under server/supervisor.ts's perl " +
-      "supervisor, stamp to spawnProcess().exited (status file read); cmappmgr timeline from " +
-      "its -hostlogfile (millisecond timestamps): the 'exited' line is written after the " +
-      "release round trip, then cmappmgr closes and exits",
+    notes: "denoSeesChildExit: bash -c 'sleep 0.1; echo $EPOCHREALTIME > F' started directly " +
+      "by the harness (Deno), stamp to child.status; throughSupervisor: the same bash under " +
+      "cmapp-supervise (server/supervisor.ts startSupervisor, SupervisorLink.open), stamp to " +
+      "link.ended (then link.done(), link.close()); cmappmgr timeline from its -hostlogfile " +
+      "(millisecond timestamps): the 'exited' line is written after the release round trip, " +
+      "then cmappmgr closes and exits",
   };
 }
 
 // ------------------------------------------------------------------ 3. concurrency
 
-/** cmappserver's memory and its perl supervisors', from one process-tree sample. */
+/** The memory of cmappserver and of its supervisors, as {@linkcode processTree} reads it. */
+function cmappTree(server: CmappServer): Promise<ProcMem[]> {
+  // cmapp-supervise detaches (its parent becomes init): its processes are
+  // found by argv, which names the state directory's runs/.
+  return processTree([server.pid], "^$", `${server.stateDir}/runs`);
+}
+
+/** cmappserver's memory and its supervisors', from one sample of {@linkcode cmappTree}. */
 function cmappMem(tree: ProcMem[], serverPid: number) {
   const daemon = tree.find((p) => p.pid === serverPid);
-  const sups = tree.filter((p) => p.ppid === serverPid && p.comm === "perl");
-  const s = (f: "rss" | "pss" | "priv") => sups.reduce((a, p) => a + p[f], 0);
+  const sups = tree.filter((p) => p.supervisor > 0);
+  const plain = sups.filter((p) => p.supervisor === 1);
+  const streamed = sups.filter((p) => p.supervisor === 2);
+  const parents = new Set(tree.map((p) => p.ppid));
+  const s = (l: ProcMem[], f: "rss" | "pss" | "priv") => l.reduce((a, p) => a + p[f], 0);
   return {
     daemonRssKiB: daemon?.rss ?? 0,
     daemonPssKiB: daemon?.pss ?? 0,
     daemonPrivKiB: daemon?.priv ?? 0,
     daemonAnonKiB: daemon?.anon ?? 0,
     supervisors: sups.length,
-    supervisorsRssKiB: s("rss"),
-    supervisorsPssKiB: s("pss"),
-    supervisorsPrivKiB: s("priv"),
+    /** Supervisors whose application still runs (it is their child). */
+    supervising: sups.filter((p) => parents.has(p.pid)).length,
+    supervisorsRssKiB: s(sups, "rss"),
+    supervisorsPssKiB: s(sups, "pss"),
+    supervisorsPrivKiB: s(sups, "priv"),
+    plainSupervisors: plain.length,
+    plainSupervisorsRssKiB: s(plain, "rss"),
+    plainSupervisorsPssKiB: s(plain, "pss"),
+    plainSupervisorsPrivKiB: s(plain, "priv"),
+    streamSupervisors: streamed.length,
+    streamSupervisorsRssKiB: s(streamed, "rss"),
+    streamSupervisorsPssKiB: s(streamed, "pss"),
+    streamSupervisorsPrivKiB: s(streamed, "priv"),
     sleeping: tree.filter((p) => p.comm === "sleep").length,
   };
 }
@@ -481,10 +579,9 @@ function sshdMem(tree: ProcMem[], listener: number) {
   };
 }
 
-/** Samples process trees until stopped (memory read only where `measure` matches). */
+/** Samples process trees until stopped. */
 async function sampler<T>(
-  roots: () => number[],
-  measure: string,
+  read: () => Promise<ProcMem[]>,
   reduce: (t: ProcMem[]) => T,
   everyMs = 200,
 ): Promise<{ stop(): Promise<T[]> }> {
@@ -492,7 +589,7 @@ async function sampler<T>(
   let done = false;
   const loop = (async () => {
     while (!done) {
-      samples.push(reduce(await processTree(roots(), measure)));
+      samples.push(reduce(await read()));
       await delay(everyMs);
     }
   })();
@@ -519,7 +616,7 @@ async function cmappConcurrency(ctx: Ctx, n: number, connections = 1): Promise<J
     Array.from({ length: connections }, () => cmappClient(ctx.keys, ctx.server)),
   );
   const pid = ctx.server.pid;
-  const smp = await sampler(() => [pid], "^perl$", (t) => ({
+  const smp = await sampler(() => cmappTree(ctx.server), (t) => ({
     t: performance.now(),
     ...cmappMem(t, pid),
   }));
@@ -552,7 +649,9 @@ async function cmappConcurrency(ctx: Ctx, n: number, connections = 1): Promise<J
     c.close();
     await c.closed;
   }
-  const peak = peakBy(samples, "supervisors");
+  // Running at once: supervisors whose application still runs (a supervisor
+  // stays a moment after its application, until cmappserver has the exit).
+  const peak = peakBy(samples, "supervising");
   const exitTimes = outcomes.map((o) => o.at - t0).sort((a, b) => a - b);
   return {
     n,
@@ -568,7 +667,7 @@ async function cmappConcurrency(ctx: Ctx, n: number, connections = 1): Promise<J
     firstExitMs: round(exitTimes[0]),
     p50ExitMs: round(quantile(exitTimes, 0.5)),
     lastExitMs: round(exitTimes[exitTimes.length - 1]),
-    peakConcurrent: peak?.supervisors ?? 0,
+    peakConcurrent: peak?.supervising ?? 0,
     atPeak: peak,
     peakDaemonRssKiB: peakBy(samples, "daemonRssKiB")?.daemonRssKiB ?? 0,
     peakDaemonPssKiB: peakBy(samples, "daemonPssKiB")?.daemonPssKiB ?? 0,
@@ -622,9 +721,8 @@ sub report {
 async function sshConcurrency(ctx: Ctx, n: number, mux: boolean): Promise<Json> {
   note(`3. ssh${mux ? " (one multiplexed connection)" : ""}: ${n} simultaneous sessions`);
   const listener = ctx.sshd!.pid;
-  const roots = () => [listener];
   // Reading the memory of hundreds of sshd processes is not free: sample less often.
-  const smp = await sampler(roots, "^sshd", (t) => ({
+  const smp = await sampler(() => processTree([listener], "^sshd"), (t) => ({
     t: performance.now(),
     ...sshdMem(t, listener),
   }), mux ? 250 : 1000);
@@ -718,11 +816,14 @@ async function median3<T>(fn: () => Promise<T>, key: (t: T) => number): Promise<
 }
 
 async function memory(ctx: Ctx): Promise<Json> {
-  note(`4. memory: a fresh cmappserver, idle then ${P.memLevels.join(", ")} running sleeps`);
+  note(
+    `4. memory: a fresh cmappserver, idle then ${P.memLevels.join(", ")} running sleeps, ` +
+      `then ${P.memStreamRuns} more with streams`,
+  );
   const server = await startCmappServer(ctx.tmp, ctx.keys, "mem");
   const pid = server.pid;
   const measure = () =>
-    median3(async () => cmappMem(await processTree([pid], "^perl$"), pid), (m) => m.daemonRssKiB);
+    median3(async () => cmappMem(await cmappTree(server), pid), (m) => m.daemonRssKiB);
   const out: Json = { cmapp: {}, ssh: null, sshMux: null };
   const apps: number[] = [];
   let client: Client | null = null;
@@ -748,13 +849,25 @@ async function memory(ctx: Ctx): Promise<Json> {
       await launchN(level - apps.length, false);
       await delay(QUICK ? 500 : 1000);
       levels.push({ running: apps.length, streams: false, ...await measure() });
-      note(`   ${apps.length} sleeps: daemon ${levels.at(-1).daemonRssKiB} KiB RSS`);
+      const l = levels.at(-1);
+      note(
+        `   ${apps.length} sleeps: daemon ${l.daemonRssKiB} KiB RSS, ${l.daemonPssKiB} KiB PSS; ` +
+          `${l.supervisors} supervisors, ${l.supervisorsPssKiB} KiB PSS`,
+      );
     }
     // A further batch launched with streams, as cmappmgr launches them.
     const base = apps.length;
-    await launchN(QUICK ? 10 : 50, true);
+    await launchN(P.memStreamRuns, true);
     await delay(1000);
     levels.push({ running: apps.length, streams: true, ...await measure() });
+    {
+      const l = levels.at(-1);
+      note(
+        `   ${apps.length} sleeps (${apps.length - base} with streams): daemon ${l.daemonRssKiB} ` +
+          `KiB RSS, ${l.daemonPssKiB} KiB PSS; ${l.streamSupervisors} supervisors with streams, ` +
+          `${l.streamSupervisorsPssKiB} KiB PSS`,
+      );
+    }
     out.cmapp.levels = levels;
     const l0 = levels[0];
     const slope = (a: Json, b: Json, f: string) => (b[f] - a[f]) / (b.running - a.running);
@@ -769,21 +882,50 @@ async function memory(ctx: Ctx): Promise<Json> {
     };
     const last = levels[P.memLevels.length - 1];
     const mid = levels[1];
+    const top = levels.at(-1);
+    // Per supervisor: the plain ones at the last plain level, the streamed
+    // ones at the streamed level (PSS shares the binary's pages among all).
+    const per = (l: Json, kind: "plain" | "stream", f: "Rss" | "Pss" | "Priv") =>
+      l[`${kind}Supervisors`] > 0 ? l[`${kind}Supervisors${f}KiB`] / l[`${kind}Supervisors`] : NaN;
+    const streamsDaemonPss = slope(last, top, "daemonPssKiB");
+    const streamsDaemonRss = slope(last, top, "daemonRssKiB");
     out.cmapp.perProcess = {
       basis: `levels ${l0.running} → ${last.running} running sleeps (plain runs, no streams)`,
+      midRunning: mid.running,
       daemonRssKiB: round(slope(l0, last, "daemonRssKiB")),
       daemonPssKiB: round(slope(l0, last, "daemonPssKiB")),
-      daemonRssKiB_0to100: round(slope(l0, mid, "daemonRssKiB")),
+      daemonRssKiB_0toMid: round(slope(l0, mid, "daemonRssKiB")),
       daemonRssKiB_leastSquares: round(fit("daemonRssKiB")),
       daemonPssKiB_leastSquares: round(fit("daemonPssKiB")),
-      supervisorRssKiB: round(last.supervisorsRssKiB / last.running),
-      supervisorPssKiB: round(last.supervisorsPssKiB / last.running),
-      supervisorPrivKiB: round(last.supervisorsPrivKiB / last.running),
-      totalPssKiB: round(slope(l0, last, "daemonPssKiB") + last.supervisorsPssKiB / last.running),
-      totalRssKiB: round(slope(l0, last, "daemonRssKiB") + last.supervisorsRssKiB / last.running),
-      streamsRunDaemonRssKiB: round(slope(last, levels.at(-1), "daemonRssKiB")),
+      // Every run has its supervisor: found by argv, they must number the runs.
+      supervisorsFound: last.supervisors,
+      supervisorsExpected: last.running,
+      supervisorRssKiB: round(per(last, "plain", "Rss")),
+      supervisorPssKiB: round(per(last, "plain", "Pss")),
+      supervisorPrivKiB: round(per(last, "plain", "Priv")),
+      totalPssKiB: round(slope(l0, last, "daemonPssKiB") + per(last, "plain", "Pss")),
+      totalRssKiB: round(slope(l0, last, "daemonRssKiB") + per(last, "plain", "Rss")),
+      totalPssKiB_leastSquares: round(fit("daemonPssKiB") + per(last, "plain", "Pss")),
       streamsRunsAdded: apps.length - base,
+      streamSupervisorsFound: top.streamSupervisors,
+      streamsRunDaemonRssKiB: round(streamsDaemonRss),
+      streamsRunDaemonPssKiB: round(streamsDaemonPss),
+      streamsSupervisorRssKiB: round(per(top, "stream", "Rss")),
+      streamsSupervisorPssKiB: round(per(top, "stream", "Pss")),
+      streamsSupervisorPrivKiB: round(per(top, "stream", "Priv")),
+      streamsTotalPssKiB: round(streamsDaemonPss + per(top, "stream", "Pss")),
+      note: "daemon: the growth of cmappserver's RSS/PSS per run added (slope between levels); " +
+        "supervisor: the sum over the cmapp-supervise processes of the state directory (found " +
+        "by argv, /proc/PID/smaps_rollup) divided by their number; total = daemon slope + " +
+        "supervisor. Kernel memory (socket and pipe buffers, page tables, the application's " +
+        "own pages) is counted on neither side",
     };
+    if (last.supervisors !== last.running || top.streamSupervisors !== apps.length - base) {
+      note(
+        `   supervisors found by argv: ${last.supervisors} for ${last.running} plain runs, ` +
+          `${top.streamSupervisors} for ${apps.length - base} streamed runs`,
+      );
+    }
   } finally {
     for (const p of apps) {
       try {
@@ -948,8 +1090,9 @@ async function throughput(ctx: Ctx): Promise<Json> {
   const N = P.streamBytes;
   note(`5. throughput: ${N / 1024 / 1024} MiB through stdout and stdin, ${P.streamReps} rep(s)`);
   // CPU time of the host program (GNU time, when installed) and of the server
-  // side (cmappserver, or the sshd listener, with the children they reaped:
-  // per-connection sshd processes, perl supervisors, and the application).
+  // side (cmappserver and its supervisor, which reaps the application; or
+  // the sshd listener, with the children it reaped: per-connection sshd
+  // processes and the application).
   const gnuTime = await Deno.stat("/usr/bin/time").then(() => true, () => false);
   const cpuFile = `${ctx.tmp}/cpu.txt`;
   const timed = (cmd: string) =>
@@ -1091,10 +1234,14 @@ async function throughput(ctx: Ctx): Promise<Json> {
     // stdout variants, then stdin variants, each rotated per rep.
     for (const dir of ["stdout", "stdin"] as const) {
       for (const v of rotate(variants.filter((x) => x.dir === dir), rep)) {
+        // cmapp-supervise detaches: its CPU (the relay, and the application it
+        // reaps) is followed apart and added to cmappserver's.
+        const sup = v.server === cm ? await followSupervisorCpu(ctx.server.stateDir) : null;
         const s0 = await cpuSeconds(v.server);
         const r = await v.run();
         await delay(300); // sshd's listener reaps the connection's process
         const s1 = await cpuSeconds(v.server);
+        const supS = sup ? await sup.stop() : 0;
         if (!r.ok) throw new Error(`${v.name} ${dir} failed: ${r.detail}`);
         const gib = N / 2 ** 30;
         (raw[dir][v.name] ??= []).push({
@@ -1102,7 +1249,8 @@ async function throughput(ctx: Ctx): Promise<Json> {
           MBps: round(N / 1e6 / (r.ms / 1000)),
           peakHwmKiB: r.peakHwmKiB,
           clientCpuSPerGiB: r.clientCpuS === null ? null : round(r.clientCpuS / gib, 2),
-          serverCpuSPerGiB: s0 === null || s1 === null ? null : round((s1 - s0) / gib, 2),
+          serverCpuSPerGiB: s0 === null || s1 === null ? null : round((s1 - s0 + supS) / gib, 2),
+          supervisorCpuSPerGiB: sup ? round(supS / gib, 2) : null,
         });
         note(`   ${dir} ${v.name}: ${round(N / 1e6 / (r.ms / 1000))} MB/s`);
       }
@@ -1121,6 +1269,7 @@ async function throughput(ctx: Ctx): Promise<Json> {
         MBps_best: Math.max(...list.map((x: Json) => x.MBps)),
         clientCpuSPerGiB: med(list, "clientCpuSPerGiB"),
         serverCpuSPerGiB: med(list, "serverCpuSPerGiB"),
+        supervisorCpuSPerGiB: med(list, "supervisorCpuSPerGiB"),
         peakHwmKiB: Math.max(0, ...list.map((x: Json) => x.peakHwmKiB ?? 0)) || null,
       };
     }
@@ -1137,8 +1286,10 @@ async function throughput(ctx: Ctx): Promise<Json> {
     unit: "MB/s (10^6 bytes per second), whole command from spawn to exit",
     rawTlsFloor: floor,
     cpu: "CPU seconds per GiB moved: client = the host program (GNU time) or the harness " +
-      "(API); server = cmappserver or the sshd listener, with the children they reaped " +
-      "(so including the application itself, the same on both sides)",
+      "(API); server = cmappserver (with the children it reaped) plus its cmapp-supervise " +
+      "(detached, so polled every 0.2 s: its own time and the application's, which it " +
+      "reaps), or the sshd listener with the children it reaped (so including the " +
+      "application itself, the same on both sides)",
     commands: {
       cmappmgr_stdout: `cmappmgr ... -- head -c ${N} /dev/zero | wc -c`,
       ssh_stdout: `ssh ... 'head -c ${N} /dev/zero' | wc -c`,

@@ -284,9 +284,19 @@ export class Client {
    * Asks for a run's state; also subscribes this connection to its exit.
    * @throws {LaunchError} with code "unknown_run" when the server does not know it
    */
-  async status(run: string, options: { streams?: boolean } = {}): Promise<RunStatusMessage> {
+  async status(
+    run: string,
+    options: { streams?: boolean; window?: number } = {},
+  ): Promise<RunStatusMessage> {
     const msg: StatusMessage = { type: "status", id: 0, run };
     if (options.streams) msg.streams = true;
+    if (options.streams && options.window && this.features.resume) {
+      // Granted as the server makes us the receiver (see grant()).
+      msg.window = options.window;
+      for (const stream of ["stdout", "stderr"] as const) {
+        this.#outCredit.set(`${run}\0${stream}`, { granted: options.window, unreturned: 0 });
+      }
+    }
     const m = await this.#request<StatusMessage>(msg);
     if (m.type === "run_status") {
       if (m.exit) this.#exited(m.run, m.exit);

@@ -321,9 +321,11 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
       }
       try {
         if (streams) _receiveOutput(client, run, streams);
-        const st = await client.status(run, { streams: !!streams });
+        // With 1.3 the credit goes with the request: a run that has ended sends what is left of
+        // its output before the reply.
+        const st = await client.status(run, { streams: !!streams, window: _OUTPUT_WINDOW });
         if (streams) {
-          _grantOutput(client, run);
+          if (!client.features.resume) _grantOutput(client, run);
           streams.stdin?.attach(client);
         }
         logger.info(`re-attached to run ${run} on ${where} (${st.state})`);

@@ -143,6 +143,13 @@ export interface StatusMessage {
    * no connection received it was discarded.
    */
   streams?: boolean;
+  /**
+   * Since 1.3, with `streams`: output credit, in bytes, for stdout and for
+   * stderr each, granted as the connection becomes the receiver (as a
+   * `window` of that many bytes would be, but in time for output the server
+   * sends before its reply).
+   */
+  window?: number;
 }
 
 /** The standard streams of a run. */
@@ -690,6 +697,8 @@ export function decodeClientMessage(payload: Uint8Array): ClientMessage {
     case "status": {
       const m: StatusMessage = { type: "status", id: _id(o), run: _runId(o) };
       if (o.streams === true) m.streams = true;
+      const w = _optional(o, "window", (x) => _int(x, "window", 1, 0x7fffffff));
+      if (w !== undefined) m.window = w;
       return m;
     }
     case "window":

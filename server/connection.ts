@@ -144,7 +144,8 @@ export function serveConnection(
   };
 
   /** Makes this connection the receiver of the run's streams. */
-  const takeStreams = (run: Run) => {
+  /** Makes this connection the receiver of the run's streams, with `credit` for each output. */
+  const takeStreams = (run: Run, credit?: number) => {
     if (!run.io || current(run.id)) return;
     const sink: StreamSink = {
       resume: (stream, offset) => {
@@ -167,6 +168,10 @@ export function serveConnection(
     };
     run.io.attach(sink);
     sinks.set(run.id, { run, sink });
+    if (credit) {
+      run.io.grant("stdout", credit);
+      run.io.grant("stderr", credit);
+    }
     if (run.io.hasStdin) {
       stdinUnreturned.set(run.id, 0);
       channel.send({ type: "window", run: run.id, stream: "stdin", bytes: _STDIN_WINDOW });
@@ -267,7 +272,9 @@ export function serveConnection(
           void table.release(r.id);
           return error(m.id, "unknown_run", lostMessage(r));
         }
-        if (m.streams) takeStreams(r);
+        // A manager taking the streams of a run that has ended (1.3) learns where each ended;
+        // the credit it sends along lets what is left of the output come before the reply.
+        if (m.streams && (!hasEnded(r) || features.resume)) takeStreams(r, m.window);
         // The receiver of the output gets all of it before the exit status.
         if (r.exit && r.io && sinks.has(r.id)) await r.io.drained(2000);
         channel.send(

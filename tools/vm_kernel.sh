@@ -12,8 +12,9 @@
 #   kernel-version  "PACKAGE VERSION", then "modules: ROOTS"; written last,
 #                   when the cache is complete
 # Idempotent: does nothing when the cache holds the current kernel. Prints one
-# line saying what it did. Without write access to the directory it does
-# nothing and says so; the VM tests then skip (or fail under CI=true).
+# line saying what it did. Without write access to the directory it changes
+# nothing and says so (the VM tests then use what is there, or skip, or fail
+# under CI=true).
 set -euo pipefail
 
 DIR=${CMAPP_VM_DIR:-/var/cache/cmapp-vm}
@@ -53,19 +54,22 @@ resolve() {
   done
 }
 
-if ! mkdir -p "$DIR" 2>/dev/null || [ ! -w "$DIR" ]; then
+have=$(head -1 "$DIR/kernel-version" 2>/dev/null || true)
+writable=
+if mkdir -p "$DIR" 2>/dev/null && [ -w "$DIR" ]; then writable=1; fi
+if [ -z "$writable" ] && [ -z "$have" ]; then
   echo "vm_kernel: cannot write $DIR (not root? set CMAPP_VM_DIR); the VM tests will be skipped" >&2
   exit 0
 fi
 
 pkg=$(kernel_package)
-if [ -z "$pkg" ]; then
+if [ -z "$pkg" ] && [ "$(id -u)" -eq 0 ]; then
   apt-get update -qq >/dev/null 2>&1 || true
   pkg=$(kernel_package)
 fi
 if [ -z "$pkg" ]; then
-  if [ -s "$DIR/kernel-version" ]; then
-    echo "vm_kernel: apt does not know $META; keeping $(head -1 "$DIR/kernel-version") in $DIR"
+  if [ -n "$have" ]; then
+    echo "vm_kernel: apt does not know $META; keeping $have in $DIR"
     exit 0
   fi
   echo "vm_kernel: apt does not know $META (apt-get update?); no guest kernel" >&2
@@ -75,6 +79,10 @@ want="$pkg $(candidate "$pkg")"
 if [ "$(cat "$DIR/kernel-version" 2>/dev/null)" = "$want"$'\n'"modules: ${ROOTS[*]}" ] &&
   [ -s "$DIR/vmlinuz" ] && [ -s "$DIR/modules.load" ]; then
   echo "vm_kernel: $want already in $DIR"
+  exit 0
+fi
+if [ -z "$writable" ]; then
+  echo "vm_kernel: cannot write $DIR to replace $have with $want (not root?); keeping it" >&2
   exit 0
 fi
 
