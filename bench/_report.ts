@@ -344,6 +344,23 @@ export function renderMarkdown(r: Json): string {
         "",
         "",
       );
+      const A = M.cmapp.afterEnd;
+      if (A) {
+        row(
+          "… daemon once every run has ended and its supervisor is gone, RSS / PSS (idle " +
+            "before the first run: RSS)",
+          `${mib(A.daemonRssKiB)} / ${mib(A.daemonPssKiB)} (${mib(M.cmapp.idle.daemonRssKiB)})`,
+          "",
+          "",
+        );
+        row(
+          "… so the daemon's memory held per running run ((last level − after the end) ÷ runs), " +
+            "RSS / PSS",
+          `${kib(pp.heldDaemonRssKiB)} / ${kib(pp.heldDaemonPssKiB)}`,
+          "",
+          "",
+        );
+      }
     }
   }
   const T = r.throughput?.summary;

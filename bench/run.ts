@@ -815,6 +815,19 @@ async function median3<T>(fn: () => Promise<T>, key: (t: T) => number): Promise<
   return xs.sort((a, b) => key(a) - key(b))[1];
 }
 
+/** SIGKILL to the applications' process groups (each is its own session). */
+function killAll(pids: number[]): void {
+  for (const p of pids.splice(0)) {
+    for (const id of [-p, p]) {
+      try {
+        Deno.kill(id, "SIGKILL");
+      } catch {
+        // gone
+      }
+    }
+  }
+}
+
 async function memory(ctx: Ctx): Promise<Json> {
   note(
     `4. memory: a fresh cmappserver, idle then ${P.memLevels.join(", ")} running sleeps, ` +
@@ -842,7 +855,6 @@ async function memory(ctx: Ctx): Promise<Json> {
           client!.grant(r.run, "stderr", 1 << 20);
         }
         apps.push(r.pid);
-        ctx.apps.add(r.pid);
       });
     };
     for (const level of P.memLevels) {
@@ -926,15 +938,36 @@ async function memory(ctx: Ctx): Promise<Json> {
           `${top.streamSupervisors} for ${apps.length - base} streamed runs`,
       );
     }
-  } finally {
-    for (const p of apps) {
-      try {
-        Deno.kill(p, "SIGKILL");
-      } catch {
-        // gone
-      }
-      ctx.apps.delete(p);
+    // Every run ended and collected (no supervisor left): what the daemon keeps
+    // then is not held per running run (finished runs are kept, a few hundred
+    // bytes each), but what its allocator did not give back.
+    killAll(apps);
+    const t0 = performance.now();
+    let left = top.supervisors;
+    while (left > 0 && performance.now() - t0 < 60_000) {
+      await delay(250);
+      left = cmappMem(await cmappTree(server), pid).supervisors;
     }
+    await delay(QUICK ? 500 : 1000);
+    const after = await measure();
+    out.cmapp.afterEnd = {
+      collectedMs: round(performance.now() - t0),
+      supervisorsLeft: left,
+      ...after,
+    };
+    out.cmapp.perProcess.heldDaemonRssKiB = round(
+      (top.daemonRssKiB - after.daemonRssKiB) / top.running,
+    );
+    out.cmapp.perProcess.heldDaemonPssKiB = round(
+      (top.daemonPssKiB - after.daemonPssKiB) / top.running,
+    );
+    note(
+      `   all ${top.running} ended, ${left} supervisors left after ${
+        round((performance.now() - t0) / 1000)
+      } s: daemon ${after.daemonRssKiB} KiB RSS, ${after.daemonPssKiB} KiB PSS`,
+    );
+  } finally {
+    killAll(apps);
     await delay(500);
     client?.close();
     await server.stop();

@@ -56,6 +56,8 @@ const SPEC: Record<string, OptionSpec> = {
   allow_exec: { type: "string", multiple: true },
   allow_user: { type: "string", multiple: true },
   allow_group: { type: "string", multiple: true },
+  // Obsolete (0.1.0 chose perl or sh); accepted so that an upgrade keeps its configuration.
+  supervisor: { type: "string" },
   loglevel: { type: "string" },
   logfile: { type: "string" },
   syslog: { type: "string" },
@@ -93,6 +95,8 @@ docs/cmappserver.md describes each one.
   -allow_user USER          a user requests may run as (repeatable); default: none
   -allow_group GROUP        a group a run-as request may ask for besides the
                             user's own (repeatable); default: none
+  -supervisor KIND          obsolete (0.1.0's perl or sh), ignored: the per-run
+                            supervisor is built in
   -loglevel LEVEL           error, warn, info (default) or debug
   -logfile FILE             log to FILE instead of stderr (reopened on SIGHUP)
   -syslog yes|no            also log to syslog, facility daemon (default no)
@@ -160,6 +164,7 @@ export async function main(args: string[]): Promise<number> {
       }),
       allowUsers: s.list("allow_user"),
       allowGroups: s.list("allow_group"),
+      obsoleteSupervisor: s.has("supervisor"),
       level: level as LogLevel,
       logfile: s.string("logfile", ""),
       syslog: s.bool("syslog", false),
@@ -235,6 +240,9 @@ export async function main(args: string[]): Promise<number> {
     return 1;
   }
   logger.info(`certificate ${identity.info.fingerprint}`);
+  if (cfg.obsoleteSupervisor) {
+    logger.warn(`option supervisor is obsolete and ignored: the supervisor is built in`);
+  }
   const sig = await signalled;
   if (cfg.stopOnExit) {
     logger.info(`${sig}: stopping ${server.runs.running} monitored process(es), then exiting`);

@@ -303,7 +303,7 @@ Deno.test({
   async fn() {
     const dir = await tempDir();
     try {
-      for (const line of ["loglevel = loud", "supervisor = perl", "allow_exec = usr/bin/*"]) {
+      for (const line of ["loglevel = loud", "supervision = perl", "allow_exec = usr/bin/*"]) {
         const conf = `${dir.path}/c.conf`;
         await Deno.writeTextFile(conf, `# comment\n${line}\n`);
         const r = await runServerExpectingFailure(["-config", conf, "-keydir", dir.path]);
