@@ -67,8 +67,17 @@ export type {
 export type { LaunchPolicy, LaunchRequest } from "./server/policy.ts";
 export { StateDirError } from "./server/store.ts";
 export type { RunStore, StoredRun } from "./server/store.ts";
-export type { RunRecord } from "./server/records.ts";
-export type { RunStreams, RunStreamsOptions, StreamSink } from "./server/streams.ts";
+export type {
+  AnyRunRecord,
+  ExitRecord,
+  LegacyRunRecord,
+  Outcome,
+  PidRecord,
+  RunRecord,
+  StreamCounts,
+} from "./server/records.ts";
+export type { ProgramFailure } from "./server/program.ts";
+export type { OutputSource, RunStreams, RunStreamsOptions, StreamSink } from "./server/streams.ts";
 export { SupervisorMissingError } from "./server/supervisor_binary.ts";
 export type { SpawnFailure } from "./server/supervisor.ts";
 export {
@@ -84,6 +93,7 @@ export {
   type RunCommandOptions,
   type RunIO,
   type RunOutcome,
+  type StreamEvents,
 } from "./manager/mod.ts";
 export {
   CertificateError,

@@ -17,7 +17,7 @@ set -euo pipefail
 
 PACKAGES=(systemd shellcheck resource-agents libxml2-utils pacemaker corosync pacemaker-cli-utils
   musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
-  qemu-system-x86 busybox-static)
+  qemu-system-x86 busybox-static faketime)
 
 # Installs the missing PACKAGES, or says why not.
 install_packages() {

@@ -49,7 +49,7 @@ function _stats(xs: number[]): string {
   return `p50 ${_q(xs, 0.5).toFixed(2)} ms, p95 ${_q(xs, 0.95).toFixed(2)} ms (n=${xs.length})`;
 }
 
-const _pad = (s: string) => s.padEnd(48);
+const _pad = (s: string) => s.padEnd(50);
 
 const n = Number(_arg("n", "40"));
 const tmp = await Deno.makeTempDir({ prefix: "cmapp-probe-" });

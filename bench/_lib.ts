@@ -265,32 +265,41 @@ export async function cpuSeconds(pid: number, children = true): Promise<number |
 }
 
 // The supervisors of the runs directory in $ARGV[0] (argv[0] names
-// cmapp-supervise, argv names the directory): "pid ticks" each, ticks being
-// user + system time, its own and that of the children it has reaped (the
-// application, once ended), from /proc/PID/stat.
+// cmapp-supervise, argv names the directory) and their descendants (the
+// applications and their children): "pid ticks" each, ticks being the
+// process's own user + system time from /proc/PID/stat (not its reaped
+// children's: every process of the tree is counted by itself).
 const _SUP_CPU_PERL = String.raw`
 my $runs = shift @ARGV;
+my (%ppid, %ticks, %kids, @sups);
 opendir(my $d, "/proc") or die;
 for my $p (grep { /^\d+$/ } readdir($d)) {
   next if $p == $$;
-  open(my $c, "<", "/proc/$p/cmdline") or next; my $cl = do { local $/; <$c> }; close($c);
-  next unless defined $cl;
-  my @a = split /\0/, $cl;
-  next unless @a && $a[0] =~ /cmapp-supervise/ && grep { index($_, $runs) == 0 } @a;
   open(my $s, "<", "/proc/$p/stat") or next; my $l = <$s>; close($s);
   next unless defined $l && $l =~ /\) (.*)$/s;
   my @f = split / /, $1;
-  print "$p ", $f[11] + $f[12] + $f[13] + $f[14], "\n";
+  $ppid{$p} = $f[1]; $ticks{$p} = $f[11] + $f[12]; push @{$kids{$f[1]}}, $p;
+  open(my $c, "<", "/proc/$p/cmdline") or next; my $cl = do { local $/; <$c> }; close($c);
+  next unless defined $cl;
+  my @a = split /\0/, $cl;
+  push @sups, $p if @a && $a[0] =~ /cmapp-supervise/ && grep { index($_, $runs) == 0 } @a;
+}
+my @todo = @sups; my %seen;
+while (@todo) {
+  my $p = shift @todo; next if $seen{$p}++;
+  push @todo, @{$kids{$p} || []};
+  print "$p $ticks{$p}\n";
 }
 `;
 
 /**
- * Follows the CPU time of a state directory's supervisors while something
- * runs: cmapp-supervise detaches, so its time (the relay, and the
- * application it reaps) never reaches cmappserver's children's time. Polls
- * every `everyMs`; `stop()` polls once more and returns the seconds used
- * since the start by every supervisor seen (one that exits between two
- * polls loses what it used after the last one: at most `everyMs` of it).
+ * Follows the CPU time of a state directory's supervisors and of what runs
+ * under them while something runs: cmapp-supervise detaches, so neither its
+ * time (the relay) nor the application's ever reaches cmappserver's
+ * children's time. Polls every `everyMs`; `stop()` polls once more and
+ * returns the seconds used since the start by every process seen (each
+ * process's own time, up to the last poll that saw it: one that ends between
+ * two polls loses at most `everyMs` of CPU).
  */
 export async function followSupervisorCpu(
   stateDir: string,

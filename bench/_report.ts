@@ -399,8 +399,8 @@ export function renderMarkdown(r: Json): string {
       );
       if (T[dir]?.cmappmgr?.supervisorCpuSPerGiB !== undefined) {
         row(
-          "… of the server side, cmapp-supervise (its relay, and the application it reaps) " +
-            "(cmappmgr / API)",
+          "… of the server side, cmapp-supervise and the application under it (cmappmgr / " +
+            "API)",
           `${fmt(T[dir]?.cmappmgr?.supervisorCpuSPerGiB, "s", 2)} / ${
             fmt(T[dir]?.api?.supervisorCpuSPerGiB, "s", 2)
           }`,

@@ -3,9 +3,9 @@
  * stdin, by the client API in-process and by the cmappmgr command line, with
  * MB/s, CPU seconds per GiB of each side, and cmappmgr's peak RSS; and the
  * floor, the project's TLS stack alone. The server side is cmappserver (with
- * the children it reaped) plus the run's cmapp-supervise, which detaches and
- * is followed apart (its relay, and the application it reaps); "daemon
- * alone" is cmappserver's own time. Runs the programs of the tree it is
+ * the children it reaped) plus the run's cmapp-supervise and the application
+ * under it, which are no children of cmappserver and are followed apart;
+ * "daemon alone" is cmappserver's own time. Runs the programs of the tree it is
  * in, so a copy of an older tree measures that tree.
  *
  *   deno run -P=cmapp bench/_stream_probe.ts [-bytes N] [-reps R] [-only a,b]

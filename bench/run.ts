@@ -1123,7 +1123,7 @@ async function throughput(ctx: Ctx): Promise<Json> {
   const N = P.streamBytes;
   note(`5. throughput: ${N / 1024 / 1024} MiB through stdout and stdin, ${P.streamReps} rep(s)`);
   // CPU time of the host program (GNU time, when installed) and of the server
-  // side (cmappserver and its supervisor, which reaps the application; or
+  // side (cmappserver, and its supervisor and the application under it; or
   // the sshd listener, with the children it reaped: per-connection sshd
   // processes and the application).
   const gnuTime = await Deno.stat("/usr/bin/time").then(() => true, () => false);
@@ -1267,8 +1267,8 @@ async function throughput(ctx: Ctx): Promise<Json> {
     // stdout variants, then stdin variants, each rotated per rep.
     for (const dir of ["stdout", "stdin"] as const) {
       for (const v of rotate(variants.filter((x) => x.dir === dir), rep)) {
-        // cmapp-supervise detaches: its CPU (the relay, and the application it
-        // reaps) is followed apart and added to cmappserver's.
+        // cmapp-supervise detaches: its CPU (the relay) and the application's
+        // are followed apart and added to cmappserver's.
         const sup = v.server === cm ? await followSupervisorCpu(ctx.server.stateDir) : null;
         const s0 = await cpuSeconds(v.server);
         const r = await v.run();
@@ -1320,9 +1320,9 @@ async function throughput(ctx: Ctx): Promise<Json> {
     rawTlsFloor: floor,
     cpu: "CPU seconds per GiB moved: client = the host program (GNU time) or the harness " +
       "(API); server = cmappserver (with the children it reaped) plus its cmapp-supervise " +
-      "(detached, so polled every 0.2 s: its own time and the application's, which it " +
-      "reaps), or the sshd listener with the children it reaped (so including the " +
-      "application itself, the same on both sides)",
+      "and the application under it (detached from cmappserver, so polled every 0.2 s, " +
+      "each process's own time up to the last poll that saw it), or the sshd listener with " +
+      "the children it reaped (so including the application itself, on both sides)",
     commands: {
       cmappmgr_stdout: `cmappmgr ... -- head -c ${N} /dev/zero | wc -c`,
       ssh_stdout: `ssh ... 'head -c ${N} /dev/zero' | wc -c`,

@@ -23,7 +23,14 @@ export interface TempDir {
 /** Makes a temporary directory. */
 export async function tempDir(): Promise<TempDir> {
   const path = await Deno.makeTempDir({ prefix: "cmapp-test-" });
-  return { path, cleanup: () => Deno.remove(path, { recursive: true }) };
+  return {
+    path,
+    async cleanup() {
+      // Supervisors of runs a test left (they outlive every cmappserver), and their applications.
+      await reapUnder(path);
+      await Deno.remove(path, { recursive: true });
+    },
+  };
 }
 
 /** Writes a key directory with a fresh identity; returns its cert PEM. */
@@ -314,6 +321,7 @@ export async function rawTls(keydir: string, port: number): Promise<RawTls> {
 /** A live process, as `ps` sees it (Deno cannot read /proc without --allow-all). */
 export interface Proc {
   pid: number;
+  ppid: number;
   pgid: number;
   sid: number;
   stat: string;
@@ -323,17 +331,35 @@ export interface Proc {
 /** Every live (non-zombie) process. */
 export async function processes(): Promise<Proc[]> {
   const out = await new Deno.Command("ps", {
-    args: ["-e", "-o", "pid=,pgid=,sid=,stat=,args="],
+    args: ["-e", "-o", "pid=,ppid=,pgid=,sid=,stat=,args="],
     stdout: "piped",
     stderr: "null",
   }).output();
   const procs: Proc[] = [];
   for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
-    const m = /^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\S+)\s?(.*)$/.exec(line);
-    if (!m || m[4].startsWith("Z") || m[4].startsWith("X")) continue;
-    procs.push({ pid: +m[1], pgid: +m[2], sid: +m[3], stat: m[4], args: m[5] });
+    const m = /^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\S+)\s?(.*)$/.exec(line);
+    if (!m || m[5].startsWith("Z") || m[5].startsWith("X")) continue;
+    procs.push({ pid: +m[1], ppid: +m[2], pgid: +m[3], sid: +m[4], stat: m[5], args: m[6] });
   }
   return procs;
+}
+
+/**
+ * Ends every run supervised under `dir` (a test's directory): the
+ * applications (the supervisors' children, by process group), then the
+ * supervisors, which outlive cmappserver by design. Waits until they are gone.
+ */
+export async function reapUnder(dir: string): Promise<void> {
+  const all = await processes();
+  const sups = all.filter((p) => /cmapp-supervise/.test(p.args) && p.args.includes(dir));
+  if (sups.length === 0) return;
+  const ids = new Set(sups.map((p) => p.pid));
+  for (const p of all) if (ids.has(p.ppid)) killGroup(p.pid);
+  for (const p of sups) killGroup(p.pid);
+  await eventually("the supervisors under the test's directory to end", async () => {
+    const live = new Set((await processes()).map((p) => p.pid));
+    return sups.every((p) => !live.has(p.pid));
+  });
 }
 
 /** A pid that may be a process we started (never init, never this process). */

@@ -9,6 +9,7 @@
 // this machine (one per machine: shared state directories, UDP 5405). It
 // wipes /var/lib/pacemaker/cib: for disposable test machines. Skipped, with
 // the reason printed, when a prerequisite is missing.
+import { testOrSkip } from "./_skip.ts";
 import assert from "node:assert/strict";
 import {
   alive,
@@ -16,6 +17,7 @@ import {
   makeKeys,
   mgrArgs,
   programCommand,
+  reapUnder,
   runMgr,
   startServerProcess,
 } from "./_harness.ts";
@@ -88,12 +90,9 @@ async function skipReason(): Promise<string | undefined> {
 
 const reason = await skipReason();
 const NAME = "Pacemaker restarts a cmapp application twice, then stops it (migration-threshold)";
-if (reason) console.log(`pacemaker_test: skipping: ${reason}`);
 
-Deno.test({
-  name: reason ? `${NAME} (skipped: ${reason})` : NAME,
-  ignore: !!reason,
-  async fn() {
+testOrSkip("pacemaker_test", NAME, reason, async () => {
+  {
     const keys = await makeKeys();
     const server = await startServerProcess(keys.server);
     // Readable by hacluster (the daemons' logs go below it).
@@ -181,8 +180,9 @@ Deno.test({
         }
       }
       await server.stop();
+      await reapUnder(keys.root.path);
       await Deno.remove(w, { recursive: true });
       await removeAll(keys.root.path);
     }
-  },
+  }
 });

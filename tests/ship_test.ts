@@ -6,6 +6,7 @@
 //
 // The tools come from Debian packages (.ci/deps.sh installs them): a test
 // whose tool is missing is skipped, with the reason in its name and on stdout.
+import { testOrSkip } from "./_skip.ts";
 import assert from "node:assert/strict";
 import {
   alive,
@@ -15,6 +16,7 @@ import {
   makeKeys,
   mgrArgs,
   programCommand,
+  reapUnder,
   runMgr,
   type ServerProcess,
   startServerProcess,
@@ -55,10 +57,9 @@ function missing(...cmds: string[]): string | undefined {
   return absent.length ? `not installed: ${absent.join(", ")} (see .ci/deps.sh)` : undefined;
 }
 
-/** Deno.test, skipped with the reason printed when `reason` is set. */
+/** Deno.test, skipped with the reason printed when `reason` is set (failed, in CI). */
 function testIf(reason: string | undefined, name: string, fn: () => Promise<void>): void {
-  if (reason) console.log(`ship_test: skipping "${name}": ${reason}`);
-  Deno.test({ name: reason ? `${name} (skipped: ${reason})` : name, ignore: !!reason, fn });
+  testOrSkip("ship_test", name, reason, fn);
 }
 
 interface Out {
@@ -344,6 +345,7 @@ Deno.test("cmappmgr-instance: runs the application on a real cmappserver", async
  * applications may still be writing their exit status into a state directory.
  */
 async function removeAll(dir: { path: string }): Promise<void> {
+  await reapUnder(dir.path);
   for (let i = 0;; i++) {
     try {
       await Deno.remove(dir.path, { recursive: true });
