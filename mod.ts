@@ -66,7 +66,7 @@ export type {
 } from "./server/runs.ts";
 export type { LaunchPolicy, LaunchRequest } from "./server/policy.ts";
 export { StateDirError } from "./server/store.ts";
-export type { RunStore, StoredRun } from "./server/store.ts";
+export type { RunLock, RunStore, StoredRun } from "./server/store.ts";
 export type {
   AnyRunRecord,
   ExitRecord,
@@ -77,7 +77,13 @@ export type {
   StreamCounts,
 } from "./server/records.ts";
 export type { ProgramFailure } from "./server/program.ts";
-export type { OutputSource, RunStreams, RunStreamsOptions, StreamSink } from "./server/streams.ts";
+export type {
+  OutputSource,
+  RunStreams,
+  RunStreamsOptions,
+  StdinSource,
+  StreamSink,
+} from "./server/streams.ts";
 export { SupervisorMissingError } from "./server/supervisor_binary.ts";
 export type { SpawnFailure } from "./server/supervisor.ts";
 export {

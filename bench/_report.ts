@@ -344,6 +344,15 @@ export function renderMarkdown(r: Json): string {
         "",
         "",
       );
+      const X = M.cmapp.missingSupervisors;
+      if (X) {
+        row(
+          "**Supervisors missing** (found by argv / runs: the figures above are wrong)",
+          `${X.plain}; ${X.streamed}`,
+          "",
+          "",
+        );
+      }
       const A = M.cmapp.afterEnd;
       if (A) {
         row(

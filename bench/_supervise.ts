@@ -110,6 +110,8 @@ export class SupervisorBench {
   async supervised(sleepS = 0.1, streams = false): Promise<StampedRun> {
     const id = `b${(this.#seq++).toString(36)}`;
     const s = this.#script(id, sleepS);
+    // The run's record, which cmappserver writes before it starts a supervisor (it checks).
+    await Deno.writeTextFile(`${this.store.runsDir}/${id}.json`, "{}\n");
     const t0 = wallMs();
     const started = await startSupervisor({
       binary: this.binary,
@@ -121,6 +123,7 @@ export class SupervisorBench {
       cwd: "/",
       streams,
       stdin: false,
+      graceMs: 10_000,
     });
     const answered = wallMs();
     if ("code" in started) throw new Error(`cmapp-supervise: ${started.message}`);

@@ -933,9 +933,17 @@ async function memory(ctx: Ctx): Promise<Json> {
         "own pages) is counted on neither side",
     };
     if (last.supervisors !== last.running || top.streamSupervisors !== apps.length - base) {
+      // Every run should have its supervisor: say so, with what the daemon logged.
+      const logged = (await server.log()).split("\n").filter((l) => /\b(warn|error)\b/i.test(l));
+      out.cmapp.missingSupervisors = {
+        plain: `${last.supervisors} found for ${last.running} runs`,
+        streamed: `${top.streamSupervisors} found for ${apps.length - base} runs`,
+        daemonWarnings: logged.slice(0, 20),
+      };
       note(
         `   supervisors found by argv: ${last.supervisors} for ${last.running} plain runs, ` +
-          `${top.streamSupervisors} for ${apps.length - base} streamed runs`,
+          `${top.streamSupervisors} for ${apps.length - base} streamed runs; the daemon ` +
+          `logged ${logged.length} warnings/errors`,
       );
     }
     // Every run ended and collected (no supervisor left): what the daemon keeps

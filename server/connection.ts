@@ -118,8 +118,17 @@ export function serveConnection(
     channel.send(m);
   };
 
-  /** Sends the run's end to this manager; a 1.0 manager cannot release, so sending counts. */
+  /**
+   * Sends the run's end to this manager; a 1.0 manager cannot release, so
+   * sending counts. The receiver of its output first learns where each
+   * output really ended, when its last bytes could not be relayed.
+   */
   const sendEnd = (run: Run) => {
+    if (current(run.id) && features.resume) {
+      for (const t of run.io?.tailLosses() ?? []) {
+        channel.send({ type: "resume", run: run.id, stream: t.stream, offset: t.offset });
+      }
+    }
     if (run.exit) channel.send({ type: "exited", run: run.id, exit: run.exit });
     if (!features.release && run.exit) void table.release(run.id);
   };
@@ -131,7 +140,7 @@ export function serveConnection(
       table.onExit(run.id, async (r) => {
         unsubscribe.delete(r.id);
         // The receiver of the output gets all of it before the exit status.
-        if (r.io && sinks.has(r.id)) await r.io.drained(2000);
+        if (r.io && current(r.id)) await r.io.drained(2000);
         sendEnd(r);
       }),
     );
@@ -143,13 +152,20 @@ export function serveConnection(
     return mine && mine.run.io?.sink === mine.sink ? mine : undefined;
   };
 
-  /** Makes this connection the receiver of the run's streams. */
-  /** Makes this connection the receiver of the run's streams, with `credit` for each output. */
+  /**
+   * Makes this connection the receiver of the run's streams, with `credit`
+   * for each output. Stdin's credit comes once its supervisor has handed it
+   * over (told with its `resume`).
+   */
   const takeStreams = (run: Run, credit?: number) => {
     if (!run.io || current(run.id)) return;
     const sink: StreamSink = {
       resume: (stream, offset) => {
         if (features.resume) channel.send({ type: "resume", run: run.id, stream, offset });
+        if (stream === "stdin") {
+          stdinUnreturned.set(run.id, 0);
+          channel.send({ type: "window", run: run.id, stream: "stdin", bytes: _STDIN_WINDOW });
+        }
       },
       data: (stream, bytes) => {
         if (bytes.length === 0) {
@@ -172,16 +188,14 @@ export function serveConnection(
       run.io.grant("stdout", credit);
       run.io.grant("stderr", credit);
     }
-    if (run.io.hasStdin) {
-      stdinUnreturned.set(run.id, 0);
-      channel.send({ type: "window", run: run.id, stream: "stdin", bytes: _STDIN_WINDOW });
-    }
   };
 
   const lostMessage = (run: Run) =>
     `run ${run.id} (${run.name}) ended but its exit status is unknown: ${run.lost}`;
 
   let closing = false;
+  /** True once the connection has closed. */
+  let gone = false;
   const handle = async (m: ClientMessage): Promise<void> => {
     // Nothing behind a refusal is acted on.
     if (closing) return;
@@ -247,10 +261,11 @@ export function serveConnection(
           reply.name = run.name;
           reply.attached = attached;
         }
+        if (gone) return; // the manager left while it was being started: nothing to send it
         channel.send(reply);
         if (m.streams || m.stdin) takeStreams(run);
         if (!hasEnded(run)) follow(run);
-        else if (run.io && sinks.has(run.id)) {
+        else if (run.io && current(run.id)) {
           // It ended before we answered (short runs often do): its output
           // still goes first, once the manager's credit arrives. Not awaited,
           // since that credit comes through this connection's queue.
@@ -276,7 +291,12 @@ export function serveConnection(
         // the credit it sends along lets what is left of the output come before the reply.
         if (m.streams && (!hasEnded(r) || features.resume)) takeStreams(r, m.window);
         // The receiver of the output gets all of it before the exit status.
-        if (r.exit && r.io && sinks.has(r.id)) await r.io.drained(2000);
+        if (r.exit && r.io && current(r.id)) await r.io.drained(2000);
+        if (r.exit && current(r.id) && features.resume) {
+          for (const t of r.io?.tailLosses() ?? []) {
+            channel.send({ type: "resume", run: r.id, stream: t.stream, offset: t.offset });
+          }
+        }
         channel.send(
           r.exit
             ? { type: "run_status", id: m.id, run: r.id, pid: r.pid, state: "exited", exit: r.exit }
@@ -378,6 +398,13 @@ export function serveConnection(
         stdinQueue = stdinQueue.then(() => handle(m)).catch(() => {});
         return;
       }
+      // Flow control is not a request: credit given back must not wait behind a request that
+      // waits for that very credit (a status reply held until the output has drained).
+      if (m.type === "window" || m.type === "close_stream") {
+        if (hello && !closing) void handle(m);
+        else queue = queue.then(() => handle(m)).catch(() => {});
+        return;
+      }
       // Requests are answered in the order they came.
       queue = queue.then(() => handle(m)).catch((e) => {
         closing = true;
@@ -387,6 +414,7 @@ export function serveConnection(
     },
     onInvalid: (e) => queue = queue.then(() => refuse("protocol", e.message)),
     onClose: (err) => {
+      gone = true;
       clearTimeout(helloTimer);
       clearTimeout(idleTimer);
       for (const u of unsubscribe.values()) u();

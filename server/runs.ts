@@ -23,12 +23,13 @@ import {
   type RunRecord,
   type StreamCounts,
 } from "./records.ts";
-import type { RunStore, StoredRun } from "./store.ts";
+import type { RunLock, RunStore, StoredRun } from "./store.ts";
 import { RunStreams } from "./streams.ts";
 import {
   LinkError,
   openInput,
   openOutput,
+  type OutputLink,
   startSupervisor,
   startWatcher,
   type SupervisorExit,
@@ -296,16 +297,18 @@ export class RunTable {
       runAs: prepared.runAs,
       streams: record.streams,
       stdin: record.stdin,
+      graceMs: record.stopTimeoutMs,
     });
     if ("code" in started) {
-      await this.#o.store.discard(id).catch(() => {});
+      // It never ran, and its supervisor left nothing behind but what we wrote.
+      await this.#o.store.remove(id).catch(() => {});
       return started;
     }
     crashPoint("launch.after-spawn");
     const slot = this.#add(record, started.pid, false);
     this.#starting--;
     reserved.held = false;
-    await this.#link(slot, true);
+    await this.#link(slot);
     crashPoint("launch.after-link");
     return { run: slot.run, attached: false };
   }
@@ -476,6 +479,7 @@ export class RunTable {
     run.unconfirmed = false;
     slot.endedTick = performance.now();
     slot.counts = counts;
+    if (counts) run.io?.setFinal(counts);
     this.#endedStreams(slot);
     this.#live--;
     (run.delivered ? this.#delivered : this.#undelivered).add(run);
@@ -514,7 +518,7 @@ export class RunTable {
    * cannot be asked now is asked again later, and the run counts as
    * running meanwhile; one that is gone is replaced by what its files say.
    */
-  async #link(slot: _Slot, fresh: boolean): Promise<void> {
+  async #link(slot: _Slot): Promise<void> {
     const { run } = slot;
     const path = this.#o.store.socketPath(run.id);
     let link: SupervisorLink;
@@ -531,39 +535,76 @@ export class RunTable {
       this.#o.logger.info(`run ${run.id} (${run.name}): its supervisor answers again; re-adopted`);
     }
     run.unconfirmed = false;
-    this.#clearRetry(run.id);
-    if (slot.record.format === 2 && slot.record.streams && !run.io) {
-      run.io = await this.#openStreams(slot, fresh).catch((e) => {
-        this.#o.logger.error(`run ${run.id} (${run.name}): cannot take its streams: ${e.message}`);
-        return null;
-      });
-    }
+    this.#clearRetry(`${run.id}:link`);
     if (slot.pendingStop !== null) {
       link.stop(slot.pendingStop);
       slot.pendingStop = null;
     }
+    // The streams first: a run that has ended hands over what it holds of its output, and is
+    // let go (done) only once they are taken.
+    if (slot.record.format === 2 && slot.record.streams && !run.io) {
+      await this.#takeStreams(slot, link);
+    }
     link.ended.then((exit) => this.#linkEnded(slot, link, exit));
   }
 
-  async #openStreams(slot: _Slot, fresh: boolean): Promise<RunStreams> {
-    const path = this.#o.store.socketPath(slot.run.id);
-    const [out, err] = [await openOutput(path, "stdout"), await openOutput(path, "stderr")];
-    const stdin = slot.record.format === 2 && slot.record.stdin ? await openInput(path) : null;
+  /**
+   * Takes the run's outputs from its supervisor (retried every second while
+   * it cannot), then its stdin, which may take longer: the supervisor hands
+   * stdin over once what an earlier cmappserver left in its socket is read,
+   * and an application that does not read its stdin may delay that for ever;
+   * the outputs never wait for it.
+   */
+  async #takeStreams(slot: _Slot, link: SupervisorLink): Promise<void> {
+    const { run } = slot;
+    const path = this.#o.store.socketPath(run.id);
+    let out: OutputLink | null = null;
+    let err: OutputLink | null = null;
+    try {
+      out = await openOutput(path, "stdout");
+      err = await openOutput(path, "stderr");
+    } catch (e) {
+      try {
+        out?.conn.close();
+      } catch {
+        // closed already
+      }
+      if (slot.link !== link || this.#closed) return;
+      this.#o.logger.warn(
+        `run ${run.id} (${run.name}): cannot take its streams yet (${(e as Error).message}); ` +
+          `asked again every second`,
+      );
+      this.#later(`${run.id}:streams`, _RETRY_MS, () => {
+        if (slot.link === link && !run.io) void this.#takeStreams(slot, link);
+      });
+      return;
+    }
     for (const [name, o] of [["stdout", out], ["stderr", err]] as const) {
       if (o.dropped > 0) {
         this.#o.logger.warn(
-          `run ${slot.run.id} (${slot.run.name}): ${o.dropped} bytes of its ${name} were ` +
-            `discarded by its supervisor while no cmappserver was there`,
+          `run ${run.id} (${run.name}): ${o.dropped} bytes of its ${name} were discarded by its ` +
+            `supervisor while no cmappserver was there`,
         );
       }
     }
-    return new RunStreams({
+    const withStdin = slot.record.format === 2 && slot.record.stdin;
+    const io = new RunStreams({
       stdout: out,
       stderr: err,
-      stdin,
-      holdFirst: fresh,
+      stdin: withStdin ? "later" : null,
       closeOutput: (stream) => slot.link?.closeOutput(stream),
     });
+    run.io = io;
+    if (!withStdin) return;
+    openInput(path, null).then(
+      (input) => io.setStdin(input),
+      (e) => {
+        if (slot.link === link && !this.#closed) {
+          this.#o.logger.warn(`run ${run.id} (${run.name}): cannot take its stdin: ${e.message}`);
+        }
+        io.setStdin(null);
+      },
+    );
   }
 
   #linkEnded(slot: _Slot, link: SupervisorLink, exit: SupervisorExit | null): void {
@@ -576,7 +617,7 @@ export class RunTable {
     slot.link = null;
     void link.close();
     this.#o.logger.warn(`run ${slot.run.id} (${slot.run.name}): its supervisor went away`);
-    void this.#link(slot, false);
+    void this.#link(slot);
   }
 
   /** The supervisor reported the end: record it (unless it did), then let it go. */
@@ -602,7 +643,7 @@ export class RunTable {
         );
       }
       slot.unrecorded = record;
-      this.#later(slot.run.id, _RECORD_RETRY_MS, () => {
+      this.#later(`${slot.run.id}:record`, _RECORD_RETRY_MS, () => {
         if (slot.unrecorded && this.#slots.has(slot.run.id)) void this.#record(slot, record);
       });
       return;
@@ -614,9 +655,14 @@ export class RunTable {
     this.#release(slot);
   }
 
-  /** The end is on disk: the supervisor may go. */
+  /** The end is on disk: the supervisor may go, once its streams are taken. */
   #release(slot: _Slot): void {
     crashPoint("exit.after-record");
+    if (slot.record.format === 2 && slot.record.streams && !slot.run.io && slot.link) {
+      // It still holds output for us (the streams could not be taken yet): later.
+      this.#later(`${slot.run.id}:release`, _RETRY_MS, () => this.#release(slot));
+      return;
+    }
     const link = slot.link;
     slot.link = null;
     if (link) {
@@ -625,26 +671,50 @@ export class RunTable {
     }
   }
 
-  /** No supervisor answers: what do the run's files say? */
+  /**
+   * No supervisor answers: what do the run's files say? Decided under the
+   * run's lock, which a supervisor holds for its life: a held lock means one
+   * is alive (if only starting), and while we hold it none can start.
+   */
   async #gone(slot: _Slot): Promise<void> {
     const { run, record } = slot;
     const store = this.#o.store;
-    const exit = await store.readExit(run.id);
-    if (exit) return this.#finish(slot, exit.outcome, exit.pid, exit.counts);
-    const pids = record.format === 1 ? null : await store.readPid(run.id);
-    if (record.format === 2 && !pids) {
-      if (run.pid === 0) {
-        // No pid record: its application was never run (see docs/cmapp-supervise.md).
-        this.#o.logger.info(
-          `run ${run.id} (${run.name}) was never started (cmappserver stopped while starting it); ` +
-            `forgotten`,
-        );
-        this.#drop(slot);
-        await store.discard(run.id).catch(() => {});
-        return;
-      }
-      return this.#lose(slot, "its supervisor and its pid record disappeared while it ran");
+    let lock: RunLock | null;
+    try {
+      lock = await store.lockRun(run.id);
+    } catch (e) {
+      return this.#retry(slot, e as Error);
     }
+    if (!lock) {
+      return this.#retry(
+        slot,
+        new Error("its supervisor holds the run's lock and does not answer"),
+      );
+    }
+    try {
+      const exit = await store.readExit(run.id);
+      if (exit) return this.#finish(slot, exit.outcome, exit.pid, exit.counts);
+      const pids = record.format === 1 ? null : await store.readPid(run.id);
+      if (record.format === 2 && !pids) {
+        if (run.pid === 0) {
+          // No supervisor and no pid record: its application never ran (docs/cmapp-supervise.md).
+          this.#o.logger.info(
+            `run ${run.id} (${run.name}) was never started (cmappserver stopped while starting ` +
+              `it); forgotten`,
+          );
+          this.#drop(slot);
+          const held = lock;
+          lock = null;
+          await held.discard().catch(() => {});
+          return;
+        }
+        return await this.#lose(slot, "its supervisor and its pid record disappeared while it ran");
+      }
+      if (pids && !run.pid) run.pid = pids.pid;
+    } finally {
+      lock?.release();
+    }
+    // The watcher takes the run's lock itself.
     const legacy = record.format === 1
       ? {
         pid: record.pid,
@@ -654,14 +724,13 @@ export class RunTable {
         bootId: record.bootId,
       }
       : undefined;
-    if (pids && !run.pid) run.pid = pids.pid;
     const w = await startWatcher(this.#o.supervisor, store.runsDir, run.id, legacy);
     if ("code" in w) return this.#retry(slot, new Error(w.message));
     this.#o.logger.warn(
       `run ${run.id} (${run.name}) pid ${w.pid}: its supervisor was gone; a watcher follows it ` +
         `(its exit status will not be known)`,
     );
-    await this.#link(slot, false);
+    await this.#link(slot);
   }
 
   async #lose(slot: _Slot, why: string): Promise<void> {
@@ -685,24 +754,29 @@ export class RunTable {
       );
     }
     run.unconfirmed = true;
-    this.#later(run.id, _RETRY_MS, () => void this.#link(slot, false));
+    this.#later(`${run.id}:link`, _RETRY_MS, () => void this.#link(slot));
   }
 
-  #later(id: string, ms: number, f: () => void): void {
-    this.#clearRetry(id);
+  /** Runs `f` in `ms`, once, under `key` (a run id and what for: one timer each). */
+  #later(key: string, ms: number, f: () => void): void {
+    this.#clearRetry(key);
     if (this.#closed) return;
     this.#retryTimers.set(
-      id,
+      key,
       setTimeout(() => {
-        this.#retryTimers.delete(id);
+        this.#retryTimers.delete(key);
         if (!this.#closed) f();
       }, ms),
     );
   }
 
-  #clearRetry(id: string): void {
-    clearTimeout(this.#retryTimers.get(id));
-    this.#retryTimers.delete(id);
+  #clearRetry(key: string): void {
+    clearTimeout(this.#retryTimers.get(key));
+    this.#retryTimers.delete(key);
+  }
+
+  #clearRetries(id: string): void {
+    for (const what of ["link", "record", "streams", "release"]) this.#clearRetry(`${id}:${what}`);
   }
 
   // ---------- retention ----------
@@ -733,7 +807,7 @@ export class RunTable {
     this.#delivered.delete(run);
     this.#undelivered.delete(run);
     this.#slots.delete(run.id);
-    this.#clearRetry(run.id);
+    this.#clearRetries(run.id);
     run.io?.close();
     if (slot?.link) {
       // forgotten: nothing of it is wanted any more, recorded or not
@@ -766,7 +840,7 @@ export class RunTable {
     await _eachLimited(open, 32, async (slot) => {
       // A finished run with a socket: its supervisor waits to hand over the end and what it
       // held of the output.
-      await this.#link(slot, false);
+      await this.#link(slot);
       if (!hasEnded(slot.run) && slot.link) {
         this.#o.logger.info(
           `state: re-adopted run ${slot.run.id} (${slot.run.name}) pid ${slot.run.pid}, ` +
@@ -781,11 +855,14 @@ export class RunTable {
     const exit = stored.exit!;
     run.exit = exit.outcome.exit ?? null;
     run.lost = exit.outcome.exit ? null : exit.outcome.lost;
-    run.endedAt = new Date(run.startedAt);
     slot.counts = exit.counts;
     this.#live--;
     if (!stored.socket) this.#endedStreams(slot); // else its supervisor hands them over
-    const ageMs = Math.max(0, Date.now() - run.startedAt.getTime());
+    // Its age from when its exit was recorded (not from its start: a long run that ended
+    // during the restart is young); the clock is read this once.
+    const ended = stored.exitTime ?? new Date();
+    run.endedAt = ended;
+    const ageMs = Math.max(0, Date.now() - ended.getTime());
     slot.endedTick = performance.now() - Math.min(ageMs, this.#o.keepFinishedMs);
     (run.delivered ? this.#delivered : this.#undelivered).add(run);
     this.#byEnd.add(run);

@@ -9,6 +9,7 @@
  * STATEDIR/runs/ID.json       the run record, durable before its application starts
  * STATEDIR/runs/ID.pid        written by the supervisor before the application runs
  * STATEDIR/runs/ID.sock       the supervisor's socket, while it lives
+ * STATEDIR/runs/ID.lock       flock'ed by the supervisor for its life
  * STATEDIR/runs/ID.exit       how the run ended
  * STATEDIR/runs/ID.delivered  present once a manager has received that
  * STATEDIR/damaged/           records that cannot be used, set aside
@@ -39,12 +40,22 @@ export interface StoredRun {
   record: AnyRunRecord;
   /** Its exit record, when one was written. */
   exit: ExitRecord | null;
+  /** When the exit record was written (its mtime), when known. */
+  exitTime: Date | null;
   /** True once a manager received how it ended. */
   delivered: boolean;
   /** The supervisor's pid record, while it has one. */
   pid: PidRecord | null;
   /** True while the supervisor's socket exists. */
   socket: boolean;
+}
+
+/** A run's lock, held by cmappserver while it decides what became of the run. */
+export interface RunLock {
+  /** Lets it go. */
+  release(): void;
+  /** Forgets the run (every file of it) under the lock, then lets it go. */
+  discard(): Promise<void>;
 }
 
 /** The state directory cannot be used; the message says why and what to do. */
@@ -187,17 +198,38 @@ export class RunStore {
 
   /**
    * Records a run before it starts: written to a temporary file, synced to
-   * disk, renamed into place. Once this resolves, a crash of cmappserver or
-   * of the guest leaves the record, and the next cmappserver resolves the
-   * run from it.
+   * disk, renamed into place, and the rename synced. Once this resolves, a
+   * crash of cmappserver or of the guest leaves the record, and the next
+   * cmappserver resolves the run from it.
    */
   async writeRecord(record: RunRecord): Promise<void> {
     await this.#atomicWrite(`${this.runsDir}/${record.id}.json`, formatRunRecord(record), true);
   }
 
-  /** Forgets a run that never started (its application was never run). */
-  async discard(id: string): Promise<void> {
-    await this.remove(id);
+  /**
+   * Takes the run's lock (`ID.lock`), which its supervisor holds for its
+   * life: null when it is held (a supervisor is alive, if only starting).
+   * While cmappserver holds it, no supervisor of the run can start.
+   */
+  async lockRun(id: string): Promise<RunLock | null> {
+    const path = `${this.runsDir}/${id}.lock`;
+    const f = await Deno.open(path, { read: true }).catch(async (e) => {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+      await Deno.writeFile(path, new Uint8Array(0), { append: true, mode: 0o600 });
+      return await Deno.open(path, { read: true });
+    });
+    if (!(await f.tryLock(true))) {
+      f.close();
+      return null;
+    }
+    return {
+      release: () => f.close(),
+      discard: async () => {
+        // Under the lock: a supervisor too late to start finds no record and starts nothing.
+        await this.remove(id);
+        f.close();
+      },
+    };
   }
 
   /** The run's exit record; null when there is none (or it is unreadable). */
@@ -235,7 +267,18 @@ export class RunStore {
 
   /** Forgets a run: every file of it. */
   async remove(id: string): Promise<void> {
-    for (const ext of [".json", ".exit", ".delivered", ".pid", ".sock", ".exit.tmp", ".pid.tmp"]) {
+    for (
+      const ext of [
+        ".json",
+        ".exit",
+        ".delivered",
+        ".pid",
+        ".sock",
+        ".exit.tmp",
+        ".pid.tmp",
+        ".lock",
+      ]
+    ) {
       await Deno.remove(`${this.runsDir}/${id}${ext}`).catch(() => {});
     }
   }
@@ -269,9 +312,13 @@ export class RunStore {
         await this.#setAside(id);
         continue;
       }
+      const exit = names.has(`${id}.exit`) ? await this.readExit(id) : null;
       runs.push({
         record,
-        exit: names.has(`${id}.exit`) ? await this.readExit(id) : null,
+        exit,
+        exitTime: exit
+          ? await Deno.stat(`${this.runsDir}/${id}.exit`).then((st) => st.mtime, () => null)
+          : null,
         delivered: names.has(`${id}.delivered`),
         pid: names.has(`${id}.pid`) ? await this.readPid(id) : null,
         socket: names.has(`${id}.sock`),
@@ -306,15 +353,25 @@ export class RunStore {
         f.close();
       }
       await Deno.rename(tmp, path);
+      if (durable) await this.#syncDir();
     } catch (e) {
       await Deno.remove(tmp).catch(() => {});
       throw e;
     }
-    if (durable) this.#syncLater(this.runsDir);
-    else this.#syncLater(path);
+    if (!durable) this.#syncLater(path);
   }
 
-  /** Syncs a file (or the directory, for a rename) in the background. */
+  /** Syncs runs/ itself, so that a rename in it is on disk. */
+  async #syncDir(): Promise<void> {
+    const d = await Deno.open(this.runsDir, { read: true });
+    try {
+      await d.syncData();
+    } finally {
+      d.close();
+    }
+  }
+
+  /** Syncs a file in the background. */
   #syncLater(path: string): void {
     const work = (async () => {
       try {

@@ -60,13 +60,16 @@ class _Pump {
   discarded = 0;
   /** True while data waits for the receiver's credit (back-pressure, not silence). */
   waitingForCredit = false;
-  lastActivity = Date.now();
+  lastActivity = performance.now();
   readonly done: Promise<void>;
 
-  constructor(name: "stdout" | "stderr", source: OutputSource, holdFirst: boolean) {
+  constructor(name: "stdout" | "stderr", source: OutputSource) {
     this.name = name;
     this.#offset = source.offset;
-    this.#holdUntil = holdFirst ? null : Date.now() + HOLD_OUTPUT_MS;
+    this.#holdUntil = null;
+    // No receiver yet (a new run's is attached at once; one taken over from an earlier
+    // cmappserver waits for its manager to come back): hold for a grace, then discard.
+    if ("conn" in source) this.#hold();
     if ("conn" in source) {
       this.#conn = source.conn;
       this.#in = new Gatherer(source.conn.readable);
@@ -92,14 +95,19 @@ class _Pump {
     this.#credit = 0;
     clearTimeout(this.#holdTimer);
     if (sink) {
-      this.#holdUntil = Date.now() + HOLD_OUTPUT_MS;
       sink.resume(this.name, this.#offset);
       if (this.#ended) sink.data(this.name, new Uint8Array(0));
     } else if (prev) {
-      this.#holdUntil = Date.now() + HOLD_OUTPUT_MS;
-      this.#holdTimer = setTimeout(() => this.#poke(), HOLD_OUTPUT_MS);
+      this.#hold();
     }
     this.#poke();
+  }
+
+  /** With no receiver: output waits HOLD_OUTPUT_MS (monotonic) for one, then is discarded. */
+  #hold(): void {
+    clearTimeout(this.#holdTimer);
+    this.#holdUntil = performance.now() + HOLD_OUTPUT_MS;
+    this.#holdTimer = setTimeout(() => this.#poke(), HOLD_OUTPUT_MS);
   }
 
   get sink(): StreamSink | null {
@@ -147,11 +155,11 @@ class _Pump {
           const value = await this.#in!.next(limit);
           if (value === null) break;
           this.#pending = value;
-          this.lastActivity = Date.now();
+          this.lastActivity = performance.now();
         }
         const sink = this.#sink;
         if (!sink) {
-          if (this.#holdUntil === null || Date.now() < this.#holdUntil) {
+          if (this.#holdUntil === null || performance.now() < this.#holdUntil) {
             await this.#sleep(); // held for a receiver to come (back)
             continue;
           }
@@ -164,14 +172,14 @@ class _Pump {
           this.waitingForCredit = true;
           await this.#sleep();
           this.waitingForCredit = false;
-          this.lastActivity = Date.now();
+          this.lastActivity = performance.now();
           continue;
         }
         const n = Math.min(this.#credit, this.#pending.length);
         sink.data(this.name, this.#pending.subarray(0, n));
         this.#credit -= n;
         this.#offset += n;
-        this.lastActivity = Date.now();
+        this.lastActivity = performance.now();
         this.#pending = n === this.#pending.length ? null : this.#pending.subarray(n);
       }
     } catch {
@@ -188,16 +196,25 @@ class _Pump {
   }
 }
 
+/** The run's stdin at its supervisor: the connection, and the bytes taken before it. */
+export interface StdinSource {
+  /** The connection (frames to the supervisor). */
+  conn: Deno.UnixConn;
+  /** Bytes of stdin the supervisor had taken when it was opened. */
+  accepted: number;
+}
+
 /** Options for {@linkcode RunStreams}. */
 export interface RunStreamsOptions {
   /** Where stdout comes from. */
   stdout: OutputSource;
   /** Where stderr comes from. */
   stderr: OutputSource;
-  /** Stdin at the supervisor, when the run has it: the connection and bytes taken so far. */
-  stdin: { conn: Deno.UnixConn; accepted: number } | null;
-  /** Hold output for the first receiver however long it takes (a new run); else for a grace. */
-  holdFirst: boolean;
+  /**
+   * The run's stdin: its source, "later" (given by {@linkcode RunStreams.setStdin} once the
+   * supervisor hands it over), or null when the run has none.
+   */
+  stdin: StdinSource | "later" | null;
   /** Tells the supervisor to close the application's end of an output. */
   closeOutput(stream: "stdout" | "stderr"): void;
 }
@@ -207,7 +224,7 @@ export interface RunStreamsOptions {
  *
  * @example
  * ```ts ignore
- * const io = new RunStreams({ stdout, stderr, stdin: null, holdFirst: true, closeOutput });
+ * const io = new RunStreams({ stdout, stderr, stdin: null, closeOutput });
  * io.attach({ resume: (s, at) => {}, data: (stream, bytes) => send(stream, bytes) });
  * io.grant("stdout", 1 << 20);
  * ```
@@ -215,21 +232,25 @@ export interface RunStreamsOptions {
 export class RunStreams {
   readonly #out: _Pump;
   readonly #err: _Pump;
-  readonly #stdin: Deno.UnixConn | null;
+  readonly #hasStdin: boolean;
   readonly #closeOutput: (stream: "stdout" | "stderr") => void;
+  #stdin: Deno.UnixConn | null = null;
   /** Bytes of stdin the supervisor has taken or has in its socket. */
-  #stdinOffset: number;
+  #stdinOffset = 0;
   #stdinClosed = false;
   #stdinWrites: Promise<unknown> = Promise.resolve();
+  #closed = false;
+  /** What the supervisor says the application wrote in all, once the run has ended. */
+  #final: { stdout: number | null; stderr: number | null } | null = null;
 
   /** Starts pumping (held until a sink is attached). */
   constructor(options: RunStreamsOptions) {
-    this.#out = new _Pump("stdout", options.stdout, options.holdFirst);
-    this.#err = new _Pump("stderr", options.stderr, options.holdFirst);
-    this.#stdin = options.stdin?.conn ?? null;
-    this.#stdinOffset = options.stdin?.accepted ?? 0;
+    this.#out = new _Pump("stdout", options.stdout);
+    this.#err = new _Pump("stderr", options.stderr);
     this.#closeOutput = options.closeOutput;
-    if (!this.#stdin) this.#stdinClosed = true;
+    this.#hasStdin = options.stdin !== null;
+    if (options.stdin && options.stdin !== "later") this.setStdin(options.stdin);
+    if (!this.#hasStdin) this.#stdinClosed = true;
   }
 
   /**
@@ -241,14 +262,13 @@ export class RunStreams {
       stdout: { ended: true, offset: counts.stdout ?? 0 },
       stderr: { ended: true, offset: counts.stderr ?? 0 },
       stdin: null,
-      holdFirst: false,
       closeOutput: () => {},
     });
   }
 
   /** True when the manager feeds this run's stdin. */
   get hasStdin(): boolean {
-    return this.#stdin !== null;
+    return this.#hasStdin;
   }
 
   /** The connection receiving output now, if any. */
@@ -262,13 +282,45 @@ export class RunStreams {
   }
 
   /**
+   * The run's stdin, handed over by its supervisor (null: it could not be).
+   * The receiver, if any, is told where it resumes.
+   */
+  setStdin(source: StdinSource | null): void {
+    if (this.#closed || !source) {
+      try {
+        source?.conn.close();
+      } catch {
+        // closed already
+      }
+      if (!source) this.#stdinClosed = true;
+      return;
+    }
+    this.#stdin = source.conn;
+    this.#stdinOffset = source.accepted;
+    const sink = this.#out.sink;
+    if (sink) this.#announceStdin(sink);
+  }
+
+  /**
+   * Tells `sink` where stdin resumes: once writes under way have finished
+   * (what they carry counts as taken), and only if it is still the receiver.
+   */
+  #announceStdin(sink: StreamSink): void {
+    if (!this.#stdin) return;
+    this.#stdinWrites.then(() => {
+      if (this.#out.sink === sink && !this.#closed) sink.resume("stdin", this.#stdinOffset);
+    });
+  }
+
+  /**
    * Sends output to `sink` from now on (null: hold, then discard); credit
-   * starts at zero. The sink is told each stream's offset first.
+   * starts at zero. The sink is told each stream's offset first, and stdin's
+   * once it can be fed.
    */
   attach(sink: StreamSink | null): void {
-    if (sink && this.#stdin) sink.resume("stdin", this.#stdinOffset);
     this.#out.attach(sink);
     this.#err.attach(sink);
+    if (sink) this.#announceStdin(sink);
   }
 
   /** Detaches `sink` if it is the current one. */
@@ -291,7 +343,7 @@ export class RunStreams {
    * Writes to the application's stdin (through its supervisor); empty bytes
    * close it. Resolves once the bytes are in the supervisor's socket (so
    * credit can be given back: they survive a crash of cmappserver from
-   * there), false when stdin is closed or gone.
+   * there), false when stdin is closed, gone, or not handed over yet.
    */
   async writeStdin(bytes: Uint8Array): Promise<boolean> {
     if (!this.#stdin || this.#stdinClosed) return false;
@@ -300,16 +352,40 @@ export class RunStreams {
     const frame = frameStdin(bytes);
     const write = this.#stdinWrites.then(async () => {
       for (let off = 0; off < frame.length;) off += await conn.write(frame.subarray(off));
+      this.#stdinOffset += bytes.length;
     });
     this.#stdinWrites = write.catch(() => {});
     try {
       await write;
-      this.#stdinOffset += bytes.length;
       return true;
     } catch {
       this.#stdinClosed = true;
       return false;
     }
+  }
+
+  /**
+   * The run has ended: what its supervisor says the application wrote in
+   * all, per output (see {@linkcode tailLosses}).
+   */
+  setFinal(counts: { stdout: number | null; stderr: number | null }): void {
+    this.#final = counts;
+  }
+
+  /**
+   * Once the outputs have ended: for each one whose last bytes could not be
+   * relayed (its supervisor had to cut what children of the application
+   * still wrote), where it really ended. A receiver told so counts them lost.
+   */
+  tailLosses(): { stream: "stdout" | "stderr"; offset: number }[] {
+    const f = this.#final;
+    if (!f) return [];
+    const out: { stream: "stdout" | "stderr"; offset: number }[] = [];
+    for (const p of [this.#out, this.#err]) {
+      const total = f[p.name];
+      if (total !== null && total > p.offset) out.push({ stream: p.name, offset: total });
+    }
+    return out;
   }
 
   /**
@@ -322,7 +398,7 @@ export class RunStreams {
     const quiet = new Promise<void>((resolve) => {
       const check = () => {
         const blocked = this.#out.waitingForCredit || this.#err.waitingForCredit;
-        const idle = Date.now() - Math.max(this.#out.lastActivity, this.#err.lastActivity);
+        const idle = performance.now() - Math.max(this.#out.lastActivity, this.#err.lastActivity);
         if (!blocked && idle >= quietMs) resolve();
         else quietTimer = setTimeout(check, blocked ? quietMs : quietMs - idle);
       };
@@ -334,11 +410,12 @@ export class RunStreams {
 
   /** Stops everything (the run is forgotten, or cmappserver is closing). */
   close(): void {
+    this.#closed = true;
     this.#out.close();
     this.#err.close();
-    if (this.#stdin) {
-      this.#stdinClosed = true;
-      const conn = this.#stdin;
+    this.#stdinClosed = true;
+    const conn = this.#stdin;
+    if (conn) {
       this.#stdinWrites.finally(() => {
         try {
           conn.close();

@@ -33,6 +33,8 @@ export interface SupervisorSpec {
   streams: boolean;
   /** Its stdin comes from the supervisor (else /dev/null). */
   stdin: boolean;
+  /** Grace between SIGTERM and SIGKILL for what is left of its session when it ends, in ms. */
+  graceMs: number;
 }
 
 /** A supervisor that started (or a watcher that took over). */
@@ -75,7 +77,7 @@ function _why(stderr: string): string {
   return line.replace(/^.*fatal: /, "").trim();
 }
 
-function _failure(report: string, stderr: string, code: number): SpawnFailure {
+function _failure(report: string, stderr: string, code: number | null): SpawnFailure {
   const m = /^fail (\S+) (\d+)$/m.exec(report);
   const why = _why(stderr);
   if (!m) {
@@ -100,6 +102,12 @@ function _failure(report: string, stderr: string, code: number): SpawnFailure {
   return { code: "spawn_failed", message: `cannot start it (${stage}): ${why}` };
 }
 
+/**
+ * Runs the supervisor program and reads its report: its stdout and stderr to
+ * their end (it closes them once it has said how the start went). A
+ * supervisor that started its run stays our child for the run's life, and is
+ * reaped when it exits; one that failed exits at once, and its code is read.
+ */
 async function _run(binary: string, args: string[], input: Uint8Array | null) {
   const child = new Deno.Command(binary, {
     args,
@@ -115,8 +123,15 @@ async function _run(binary: string, args: string[], input: Uint8Array | null) {
     await w.write(input).catch(() => {});
     await w.close().catch(() => {});
   }
-  const out = await child.output();
-  return { report: _dec.decode(out.stdout), stderr: _dec.decode(out.stderr), code: out.code };
+  const [out, err] = await Promise.all([
+    new Response(child.stdout).arrayBuffer(),
+    new Response(child.stderr).arrayBuffer(),
+  ]);
+  const report = _dec.decode(out);
+  const running = /^pid \d+ \d+$/m.test(report);
+  const status = child.status;
+  const code = running ? null : (await status).code;
+  return { report, stderr: _dec.decode(err), code };
 }
 
 function _started(report: string): Started | null {
@@ -146,6 +161,7 @@ export async function startSupervisor(spec: SupervisorSpec): Promise<Started | S
     args.push("-u", String(spec.runAs.uid), "-g", String(spec.runAs.gid));
     if (spec.runAs.groups.length > 0) args.push("-G", spec.runAs.groups.join(","));
   }
+  args.push("-k", String(Math.round(spec.graceMs)));
   args.push("-d", spec.cwd, "-e", String(env.length), spec.runsDir, spec.id, spec.program);
   args.push(...spec.argv);
   let r;
@@ -227,10 +243,14 @@ export class LinkError extends Error {
 /** How long a supervisor may take to answer a greeting before we ask again later. */
 const _GREETING_MS = 5000;
 
-/** Connects to a supervisor's socket and greets it; resolves with the answer's first line. */
+/**
+ * Connects to a supervisor's socket and greets it; resolves with the answer's
+ * first line, waiting at most `timeoutMs` for it (null: as long as it takes).
+ */
 async function _greet(
   path: string,
   greeting: string,
+  timeoutMs: number | null = _GREETING_MS,
 ): Promise<{ conn: Deno.UnixConn; line: string; rest: Uint8Array }> {
   let conn: Deno.UnixConn;
   try {
@@ -259,9 +279,10 @@ async function _greet(
       }
     })();
     const late = new Promise<never>((_, reject) => {
+      if (timeoutMs === null) return;
       timer = setTimeout(
         () => reject(new LinkError("retry", `the supervisor on ${path} did not answer`)),
-        _GREETING_MS,
+        timeoutMs,
       );
     });
     const r = await Promise.race([answer, late]);
@@ -425,11 +446,16 @@ export interface InputLink {
 }
 
 /**
- * Takes the run's stdin at its supervisor.
+ * Takes the run's stdin at its supervisor. Its answer may take as long as
+ * the application takes to read what an earlier cmappserver left in the
+ * supervisor's socket: `timeoutMs` null waits for it.
  * @throws {LinkError}
  */
-export async function openInput(path: string): Promise<InputLink> {
-  const { conn, line } = await _greet(path, "in");
+export async function openInput(
+  path: string,
+  timeoutMs: number | null = _GREETING_MS,
+): Promise<InputLink> {
+  const { conn, line } = await _greet(path, "in", timeoutMs);
   const m = /^@(\d{1,15})$/.exec(line);
   if (!m) {
     conn.close();

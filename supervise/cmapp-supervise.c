@@ -24,6 +24,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -50,6 +52,7 @@
 #define DRAIN_MS 2000
 #define RETRY_MS 10000
 #define WATCH_MS 250
+#define LEFTOVER_MS 10000 /* default grace for what is left of a session after its leader ended */
 #define LOST_KILLED \
   "its supervisor was killed while it ran; it has ended and its exit status is unknown"
 #define LOST_REBOOT "the guest was restarted while it ran"
@@ -223,13 +226,13 @@ static void boot_id(char *out, size_t size) {
  * that moved to another group (shells with job control do that). A process
  * that started a session of its own has left the run.
  */
-static void kill_session(long sid, int sig) {
-  if (sid <= 1) return;
-  kill((pid_t)-sid, sig);
+static int kill_session(long sid, int sig) {
+  if (sid <= 1) return 0;
+  int found = kill((pid_t)-sid, sig) == 0;
   int fd;
   do fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   while (fd < 0 && errno == EINTR);
-  if (fd < 0) return;
+  if (fd < 0) return found;
   static char dents[8192];
   for (;;) {
     long n = syscall(SYS_getdents64, fd, dents, sizeof dents);
@@ -242,10 +245,12 @@ static void kill_session(long sid, int sig) {
       if (parse_u64(d->d_name, INT_MAX, &pid) < 0) continue;
       struct procstat ps;
       if (proc_stat((long)pid, &ps) < 0) continue;
-      if (ps.session == sid && ps.pgrp != sid && ps.state != 'Z') kill((pid_t)pid, sig);
+      if (ps.session == sid && ps.pgrp != sid && ps.state != 'Z' && kill((pid_t)pid, sig) == 0)
+        found = 1;
     }
   }
   close(fd);
+  return found;
 }
 
 /* ---------- state ---------- */
@@ -288,7 +293,7 @@ struct pending {
 static struct {
   int dirfd, lfd, sfd;
   const char *id;
-  char sock[80], pidf[80], exitf[80], exittmp[80], pidtmp[80];
+  char sock[80], pidf[80], exitf[80], exittmp[80], pidtmp[80], lockf[80], recordf[80];
   long app, self;
   unsigned long long app_start, self_start;
   char boot[64];
@@ -303,6 +308,9 @@ static struct {
   int done;       /* a daemon collected the exit */
   int64_t exit_at, stop_deadline, retry_at, watch_at;
   int stopping;
+  int64_t leftover_deadline; /* SIGKILL to what is left of the session, once the leader ended */
+  int leftovers;             /* something of the session was left when the leader ended */
+  int64_t grace_ms;          /* -k */
   int ctl;
   char ctlin[96];
   size_t ctlinlen;
@@ -404,13 +412,26 @@ static void set_status(int wstatus) {
     snprintf(S.status, sizeof S.status, "code %d", WEXITSTATUS(wstatus));
 }
 
+/*
+ * The session leader ended: the run is over, and what is left of its session
+ * (children in its process group or session) goes too, as systemd ends what
+ * is left of a service: SIGTERM now, SIGKILL after the grace (at once if it
+ * was being stopped). A process that made a session of its own has left.
+ */
 static void app_ended(void) {
   S.exited = 1;
   S.exit_at = now_ms();
-  if (S.stopping) kill_session(S.app, SIGKILL); /* what is left of a stopped run goes too */
-  S.stopping = 0;
   record_exit(); /* at once, so that a kill of this process loses no status */
+  if (S.stopping) {
+    S.leftovers = kill_session(S.app, SIGKILL);
+    S.leftover_deadline = 0;
+  } else {
+    S.leftovers = kill_session(S.app, SIGTERM);
+    S.leftover_deadline = S.leftovers ? S.exit_at + S.grace_ms : 0;
+  }
+  S.stopping = 0;
   if (S.in.pipe >= 0) xclose(&S.in.pipe);
+  S.in.off = S.in.len = 0; /* stdin nobody will read: what comes is taken and discarded */
 }
 
 static void reap(void) {
@@ -430,6 +451,20 @@ static void reap(void) {
 
 static void out_cut(struct out *o) {
   xclose(&o->pipe);
+}
+
+/*
+ * Cuts a pipe still open after the drain: what it holds unread is counted as
+ * written and dropped, never lost silently (the exit record and the daemon's
+ * tail report carry it).
+ */
+static void out_cut_counting(struct out *o) {
+  int n = 0;
+  if (o->pipe >= 0 && ioctl(o->pipe, FIONREAD, &n) == 0 && n > 0) {
+    o->produced += (uint64_t)n;
+    o->dropped += (uint64_t)n;
+  }
+  out_cut(o);
 }
 
 /* The stream is over for the daemon: EOF on its connection once everything is sent. */
@@ -554,6 +589,11 @@ static void in_read(void) {
   }
   if (in->len == 0) in->off = 0;
   size_t room = BUFSZ - in->off - in->len;
+  if (room == 0 && in->off > 0) {
+    memmove(in->buf, in->buf + in->off, in->len);
+    in->off = 0;
+    room = BUFSZ - in->len;
+  }
   if (room == 0) return;
   if (room > in->chunk) room = in->chunk;
   ssize_t r = read(in->conn, in->buf + in->off + in->len, room);
@@ -600,6 +640,7 @@ static void in_hdr(void) {
 static void finish(void) {
   unlinkat(S.dirfd, S.sock, 0);
   unlinkat(S.dirfd, S.pidf, 0);
+  unlinkat(S.dirfd, S.lockf, 0);
   _exit(EX_DONE);
 }
 
@@ -732,7 +773,9 @@ static void check_drain(int64_t now) {
   int open = 0;
   for (int i = 0; i < 2; i++) {
     struct out *o = &S.out[i];
-    if (o->pipe >= 0 && now >= S.exit_at + DRAIN_MS) out_cut(o);
+    /* cut once nothing waits for a daemon taking it; what is unread is counted */
+    if (o->pipe >= 0 && now >= S.exit_at + DRAIN_MS && (o->conn < 0 || o->len == 0))
+      out_cut_counting(o);
     if (o->pipe >= 0) open = 1;
     /* bytes a daemon is taking are waited for; bytes nobody takes are not */
     if (o->conn >= 0 && !out_flushed(o)) open = 1;
@@ -792,7 +835,9 @@ static int64_t next_deadline(void) {
   int64_t d = -1;
 #define CONSIDER(t) \
   if ((t) > 0 && (d < 0 || (t) < d)) d = (t)
-  if (S.exited && !S.finalized) CONSIDER(S.exit_at + DRAIN_MS);
+  /* the drain deadline only while it is ahead: past it, events wake us (no spinning) */
+  if (S.exited && !S.finalized && now_ms() < S.exit_at + DRAIN_MS) CONSIDER(S.exit_at + DRAIN_MS);
+  if (S.leftover_deadline) CONSIDER(S.leftover_deadline);
   if (S.stopping) CONSIDER(S.stop_deadline);
   if (S.finalized && !S.recorded) CONSIDER(S.retry_at);
   if (S.watching && !S.exited) CONSIDER(S.watch_at);
@@ -811,12 +856,17 @@ static void loop(void) {
       S.stopping = 0;
       if (!S.exited) kill_session(S.app, SIGKILL);
     }
+    if (S.leftover_deadline && now >= S.leftover_deadline) {
+      S.leftover_deadline = 0;
+      kill_session(S.app, SIGKILL);
+    }
     if (S.finalized && !S.recorded && now >= S.retry_at) record_exit();
     watch_tick(now);
     check_drain(now);
     close_finished_outputs();
-    /* let go once collected, and once what a daemon is taking of the outputs is sent */
-    if (S.done && S.out[0].conn < 0 && S.out[1].conn < 0) finish();
+    /* let go once collected, once what a daemon is taking of the outputs is sent, and once
+       what was left of the session has had its SIGKILL */
+    if (S.done && S.out[0].conn < 0 && S.out[1].conn < 0 && !S.leftover_deadline) finish();
     if (S.in.ended && S.in.len == 0 && S.in.pipe >= 0) xclose(&S.in.pipe);
 
     int n = 0;
@@ -850,7 +900,9 @@ static void loop(void) {
       if (S.in.conn >= 0) {
         short ev = (S.in.hdroff < S.in.hdrlen ? POLLOUT : 0) |
                    (S.in.hdroff == S.in.hdrlen && S.in.len < BUFSZ ? POLLIN : 0);
-        ADD(S.in.conn, ev, K_ICONN, 0);
+        /* not polled at all while it can be neither written nor read: a hang-up is always
+           reported, and a full buffer cannot take it (it would wake us for ever) */
+        if (ev) ADD(S.in.conn, ev, K_ICONN, 0);
       }
     }
 #undef ADD
@@ -920,6 +972,8 @@ static void names(const char *id) {
   snprintf(S.pidtmp, sizeof S.pidtmp, "%s.pid.tmp", id);
   snprintf(S.exitf, sizeof S.exitf, "%s.exit", id);
   snprintf(S.exittmp, sizeof S.exittmp, "%s.exit.tmp", id);
+  snprintf(S.lockf, sizeof S.lockf, "%s.lock", id);
+  snprintf(S.recordf, sizeof S.recordf, "%s.json", id);
 }
 
 /* Opens the runs directory, refusing one that others could write to. */
@@ -960,11 +1014,20 @@ static void signals(void) {
 }
 
 /* Leaves the daemon: a session of our own, and no longer its child. */
+/*
+ * A session of its own. cmappserver's child is no process group leader, so
+ * setsid works at once, and it stays cmappserver's child (which reaps it);
+ * started as a group leader (from a shell), it forks first and the parent
+ * exits 0.
+ */
 static void detach(void) {
-  pid_t p = fork();
-  if (p < 0) die(EX_SYS, "fork", errno);
-  if (p > 0) _exit(EX_DONE);
-  if (setsid() < 0) die(EX_SYS, "setsid", errno);
+  if (setsid() < 0) {
+    if (errno != EPERM) die(EX_SYS, "setsid", errno);
+    pid_t p = fork();
+    if (p < 0) die(EX_SYS, "fork", errno);
+    if (p > 0) _exit(EX_DONE);
+    if (setsid() < 0) die(EX_SYS, "setsid", errno);
+  }
   S.self = (long)getpid();
   struct procstat ps;
   S.self_start = proc_stat(S.self, &ps) == 0 ? ps.start : 0;
@@ -999,6 +1062,75 @@ static void quiet_stdio(void) {
   for (int i = 0; i < 3; i++)
     if (dup2(fd, i) < 0) die(EX_SYS, "dup2", errno);
   if (fd > 2) close(fd);
+}
+
+/*
+ * Takes the run's lock (RUNSDIR/ID.lock, flock, held for life: a daemon that
+ * finds no supervisor answering tries it to tell a dead supervisor from one
+ * still starting), then checks that the run's record is still there: a
+ * daemon that concluded the run never started forgets it while holding this
+ * lock, and a supervisor that comes too late must then start nothing.
+ */
+static void lock_run(void) {
+  int fd;
+  /* read-only: a file open for writing would keep the disk from being remounted read-only */
+  do fd = openat(S.dirfd, S.lockf, O_RDONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  while (fd < 0 && errno == EINTR);
+  char line[64];
+  if (fd < 0) {
+    int e = errno;
+    snprintf(line, sizeof line, "fail lock %d\n", e);
+    report(line);
+    die(EX_SYS, "cannot open the run's lock", e);
+  }
+  int r;
+  do r = flock(fd, LOCK_EX | LOCK_NB);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    int e = errno;
+    snprintf(line, sizeof line, "fail lock %d\n", e);
+    report(line);
+    die(EX_SYS, "the run is locked: cmappserver is resolving it", e == EWOULDBLOCK ? 0 : e);
+  }
+  if (faccessat(S.dirfd, S.recordf, F_OK, AT_SYMLINK_NOFOLLOW) < 0) {
+    int e = errno;
+    snprintf(line, sizeof line, "fail record %d\n", e);
+    report(line);
+    unlinkat(S.dirfd, S.lockf, 0);
+    die(EX_SYS, "the run's record is gone: it was forgotten, nothing is started", 0);
+  }
+  /* fd stays open, unclosed, for the life of the process (and not across exec) */
+}
+
+/*
+ * Marks every descriptor above stderr close-on-exec, so that nothing the
+ * caller left open reaches the application.
+ */
+static void cloexec_inherited(void) {
+#ifdef SYS_close_range
+  if (syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */) == 0) return;
+#endif
+  int fd;
+  do fd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    for (int i = 3; i < 4096; i++) fcntl(i, F_SETFD, FD_CLOEXEC);
+    return;
+  }
+  static char dents[4096];
+  for (;;) {
+    long n = syscall(SYS_getdents64, fd, dents, sizeof dents);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    for (long off = 0; off < n;) {
+      struct dirent64 *d = (struct dirent64 *)(dents + off);
+      off += d->d_reclen;
+      uint64_t v;
+      if (parse_u64(d->d_name, INT_MAX, &v) < 0 || v < 3 || (int)v == fd) continue;
+      fcntl((int)v, F_SETFD, FD_CLOEXEC);
+    }
+  }
+  close(fd);
 }
 
 struct spec {
@@ -1060,7 +1192,7 @@ static void child_fail(int errfd, int stage, int err) {
   _exit(err == ENOENT || err == ENOTDIR ? 127 : 126);
 }
 
-enum { ST_SETUP = 1, ST_CWD, ST_GROUPS, ST_GID, ST_UID, ST_EXEC, ST_ABORT };
+enum { ST_SETUP = 1, ST_CWD, ST_GROUPS, ST_GID, ST_UID, ST_EXEC, ST_RECORD, ST_ABORT };
 static const char *stage_name(int st) {
   switch (st) {
     case ST_SETUP: return "setup";
@@ -1069,11 +1201,80 @@ static const char *stage_name(int st) {
     case ST_GID: return "setgid";
     case ST_UID: return "setuid";
     case ST_EXEC: return "exec";
+    case ST_RECORD: return "record";
     default: return "abort";
   }
 }
 
-static void child(struct spec *sp, int go, int errfd, int fds[3]) {
+/* Decimal digits of v into b (no libc: this runs in a vfork child). */
+static char *put_u(char *b, unsigned long long v) {
+  char tmp[24];
+  int n = 0;
+  do tmp[n++] = (char)('0' + v % 10);
+  while ((v /= 10) > 0);
+  while (n > 0) *b++ = tmp[--n];
+  return b;
+}
+
+static char *put_s(char *b, const char *s) {
+  while (*s) *b++ = *s++;
+  return b;
+}
+
+/*
+ * In the application's process, before anything of the application runs:
+ * its pid record, written by itself (the supervisor is suspended in vfork
+ * until the exec), so that no application runs unrecorded. Only system
+ * calls and its own stack: no stdio, no allocation.
+ */
+static int child_record(void) {
+  long pid = syscall(SYS_getpid);
+  char st[1024];
+  int fd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/self/stat", O_RDONLY | O_CLOEXEC);
+  unsigned long long start = 0;
+  if (fd >= 0) {
+    ssize_t n;
+    do n = read(fd, st, sizeof st - 1);
+    while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n > 0) {
+      st[n] = 0;
+      char *p = st + n;
+      while (p > st && p[-1] != ')') p--;
+      /* field 22 is the 20th after the command's ") " */
+      for (int field = 3; *p && field < 22; p++)
+        if (*p == ' ') field++;
+      while (*p >= '0' && *p <= '9') start = start * 10 + (unsigned long long)(*p++ - '0');
+    }
+  }
+  char text[256], *b = text;
+  b = put_s(b, S.boot);
+  *b++ = ' ';
+  b = put_u(b, (unsigned long long)S.self);
+  *b++ = ' ';
+  b = put_u(b, S.self_start);
+  *b++ = ' ';
+  b = put_u(b, (unsigned long long)pid);
+  *b++ = ' ';
+  b = put_u(b, start);
+  *b++ = '\n';
+  unlinkat(S.dirfd, S.pidtmp, 0);
+  fd = openat(S.dirfd, S.pidtmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) return -1;
+  if (write_all(fd, text, (size_t)(b - text)) < 0) {
+    close(fd);
+    return -1;
+  }
+  close(fd);
+  return renameat(S.dirfd, S.pidtmp, S.dirfd, S.pidf);
+}
+
+/*
+ * The application's process, between vfork and exec: a session of its own,
+ * every signal at its default, its stdio, its pid record, its directory and
+ * identity. Fails by telling the supervisor (stage, errno) on the error pipe.
+ */
+static void child(struct spec *sp, int errfd, int fds[3]) {
   if (setsid() < 0) child_fail(errfd, ST_SETUP, errno);
   /* The application gets every signal at its default, none blocked: the raw system call,
      since libc refuses the real-time signals it keeps for itself, which an ignoring parent
@@ -1085,11 +1286,13 @@ static void child(struct spec *sp, int go, int errfd, int fds[3]) {
     uint64_t mask;
   } ksa = {SIG_DFL, 0, NULL, 0};
   for (int s = 1; s <= 64; s++) syscall(SYS_rt_sigaction, s, &ksa, NULL, sizeof ksa.mask);
-  sigset_t none;
-  sigemptyset(&none);
-  if (sigprocmask(SIG_SETMASK, &none, NULL) < 0) child_fail(errfd, ST_SETUP, errno);
+  uint64_t none = 0;
+  if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, sizeof none) < 0)
+    child_fail(errfd, ST_SETUP, errno);
   for (int i = 0; i < 3; i++)
     if (dup2(fds[i], i) < 0) child_fail(errfd, ST_SETUP, errno);
+  /* recorded while still root: the runs directory is ours alone */
+  if (child_record() < 0) child_fail(errfd, ST_RECORD, errno);
   if (chdir(sp->cwd) < 0) child_fail(errfd, ST_CWD, errno);
   if (sp->has_user) {
     if (setgroups((size_t)sp->ngroups, sp->groups) < 0) child_fail(errfd, ST_GROUPS, errno);
@@ -1100,12 +1303,6 @@ static void child(struct spec *sp, int go, int errfd, int fds[3]) {
       child_fail(errfd, ST_UID, EPERM);
   }
   umask(sp->umask);
-  /* wait for the parent to record our pid: nothing runs unrecorded */
-  char c;
-  ssize_t r;
-  do r = read(go, &c, 1);
-  while (r < 0 && errno == EINTR);
-  if (r != 1) _exit(EX_SYS); /* the supervisor died first: the application never runs */
   execve(sp->program, sp->argv, sp->envp);
   child_fail(errfd, ST_EXEC, errno);
 }
@@ -1131,38 +1328,22 @@ static void make_stdio(int fds[3]) {
   }
 }
 
+/*
+ * Starts the application: vfork (the supervisor waits, suspended, until the
+ * exec), the child records its pid and execs; an error pipe (close-on-exec)
+ * tells the supervisor the exec happened (end of file) or why it did not.
+ */
 static void start(struct spec *sp) {
-  int fds[3], gop[2], errp[2];
+  int fds[3], errp[2];
   make_stdio(fds);
-  if (pipe2(gop, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) die(EX_SYS, "pipe", errno);
-  pid_t p = fork();
-  if (p < 0) die(EX_SYS, "fork", errno);
-  if (p == 0) {
-    close(gop[1]);
-    close(errp[0]);
-    child(sp, gop[0], errp[1], fds);
-  }
-  close(gop[0]);
+  if (pipe2(errp, O_CLOEXEC) < 0) die(EX_SYS, "pipe", errno);
+  pid_t p = vfork();
+  if (p < 0) die(EX_SYS, "vfork", errno);
+  if (p == 0) child(sp, errp[1], fds); /* never returns */
   close(errp[1]);
   for (int i = 0; i < 3; i++)
     if (i == 0 || fds[i] != fds[i - 1]) close(fds[i]);
   S.app = (long)p;
-  struct procstat ps;
-  S.app_start = proc_stat(S.app, &ps) == 0 ? ps.start : 0;
-  char text[256];
-  snprintf(text, sizeof text, "%s %ld %llu %ld %llu\n", S.boot, S.self, S.self_start, S.app,
-           S.app_start);
-  if (write_file(S.pidf, S.pidtmp, text) < 0) {
-    int e = errno;
-    close(gop[1]); /* the child sees the end of the pipe and leaves without running it */
-    unlinkat(S.dirfd, S.sock, 0);
-    char line[64];
-    snprintf(line, sizeof line, "fail record %d\n", e);
-    report(line);
-    die(EX_SYS, "cannot record the application's pid", e);
-  }
-  if (write_all(gop[1], "g", 1) < 0) die(EX_SYS, "go", errno);
-  close(gop[1]);
   int msg[2];
   size_t have = 0;
   while (have < sizeof msg) {
@@ -1178,14 +1359,18 @@ static void start(struct spec *sp) {
     while (waitpid(p, &st, 0) < 0 && errno == EINTR) {
     }
     unlinkat(S.dirfd, S.pidf, 0);
+    unlinkat(S.dirfd, S.pidtmp, 0);
     unlinkat(S.dirfd, S.sock, 0);
+    unlinkat(S.dirfd, S.lockf, 0);
     char line[64];
     snprintf(line, sizeof line, "fail %s %d\n", stage_name(msg[0]), msg[1]);
     report(line);
     char what[128];
     snprintf(what, sizeof what, "%s: %s", stage_name(msg[0]), sp->program);
-    die(EX_NOEXEC, what, msg[1]);
+    die(msg[0] == ST_RECORD ? EX_SYS : EX_NOEXEC, what, msg[1]);
   }
+  struct procstat ps;
+  S.app_start = proc_stat(S.app, &ps) == 0 ? ps.start : 0;
   char line[64];
   snprintf(line, sizeof line, "pid %ld %ld\n", S.app, S.self);
   report(line);
@@ -1240,7 +1425,8 @@ int main(int argc, char **argv) {
   int has_env = 0, watch_mode = 0, has_gid = 0;
   const char *given = NULL;
   int c;
-  while ((c = getopt(argc, argv, "+ioe:u:g:G:d:m:wp:V")) != -1) {
+  S.grace_ms = LEFTOVER_MS;
+  while ((c = getopt(argc, argv, "+ioe:u:g:G:d:m:k:wp:V")) != -1) {
     switch (c) {
       case 'i': S.has_in = 1; break;
       case 'o': S.has_out = 1; break;
@@ -1260,9 +1446,17 @@ int main(int argc, char **argv) {
         break;
       case 'G': parse_groups(optarg, &sp); break;
       case 'd': sp.cwd = optarg; break;
-      case 'm':
-        if (parse_u64(optarg, 0777, &v) < 0) usage();
-        sp.umask = (mode_t)v;
+      case 'm': {
+        char *end;
+        errno = 0;
+        unsigned long m = strtoul(optarg, &end, 8);
+        if (errno || *end || end == optarg || m > 0777) usage();
+        sp.umask = (mode_t)m;
+        break;
+      }
+      case 'k':
+        if (parse_u64(optarg, 86400000ull * 365, &v) < 0) usage();
+        S.grace_ms = (int64_t)v;
         break;
       case 'w': watch_mode = 1; break;
       case 'p': given = optarg; break;
@@ -1277,6 +1471,7 @@ int main(int argc, char **argv) {
   const char *runs = argv[optind], *id = argv[optind + 1];
   if (runs[0] != '/' || !valid_id(id)) usage();
   names(id);
+  cloexec_inherited();
   signals();
   if (!watch_mode) {
     sp.envp = read_env(envbytes);
@@ -1285,6 +1480,7 @@ int main(int argc, char **argv) {
     if (sp.program[0] != '/' || sp.cwd[0] != '/') usage();
   }
   open_runs(runs);
+  lock_run();
   boot_id(S.boot, sizeof S.boot);
   detach();
   if (watch_mode) {

@@ -319,10 +319,21 @@ Deno.test("a clock stepped back never starts a second copy", async () => {
     assert.equal((await f.follow(port, "tock", argv("tock")).result).code, 5);
     await Deno.remove(`${f.dir}/go-tock`);
     await Deno.writeTextFile(clock, "-1d\n");
-    const second = f.follow(port, "tock", argv("tock"));
+    const log = (n: string) => `${f.dir}/${n}.log`;
+    const following = async (n: string) =>
+      await eventually(
+        `cmappmgr ${n} to follow its run`,
+        async () =>
+          /started run|attached to run/.test(await Deno.readTextFile(log(n)).catch(() => "")),
+      );
+    const second = f.follow(port, "tock", argv("tock"), "-hostlogfile", log("second"));
     await eventually("the second run", async () => await countLines(`${f.dir}/count-tock`) === 2);
-    const third = f.follow(port, "tock", argv("tock"));
+    const third = f.follow(port, "tock", argv("tock"), "-hostlogfile", log("third"));
     await first.waitForLog(/attached to run \S+ \(tock\)/);
+    // Both have their answers (else a launch retried after the run was delivered would
+    // rightly start a new one).
+    await following("second");
+    await following("third");
     // And across a restart under a clock stepped back further: still one copy.
     await f.crash(first);
     await Deno.writeTextFile(clock, "-3d\n");
@@ -616,6 +627,72 @@ Deno.test("a run left by cmapp 0.1.0 is followed to its recorded end", async () 
       }
       await p.status;
     }
+    await f.cleanup();
+  }
+});
+
+// ---------------------------------------------------------------- from the hostile review
+
+Deno.test("a long run that ends while cmappserver is down is not forgotten by its age", async () => {
+  const f = await Fixture.create();
+  try {
+    const port = freePort();
+    const marker = `${f.dir}/go`;
+    const argv = waiter(`${f.dir}/counter`, marker, 7);
+    const first = await f.server("-port", `${port}`, "-keep_finished_for", "3");
+    const c = await f.client(first);
+    const r = await c.launch(argv, { name: "long" });
+    // It runs longer than keep_finished_for, then ends while no cmappserver is there.
+    await new Promise((res) => setTimeout(res, 4000));
+    await f.crash(first);
+    await Deno.writeTextFile(marker, "");
+    await eventually(
+      "its exit record",
+      async () =>
+        /^code 7/.test(await Deno.readTextFile(`${f.stateDir}/runs/${r.run}.exit`).catch(() => "")),
+    );
+    const second = await f.server("-port", `${port}`, "-keep_finished_for", "3");
+    const st = await (await f.client(second)).status(r.run);
+    assert.deepEqual(st.exit, { code: 7 });
+  } finally {
+    await f.cleanup();
+  }
+});
+
+Deno.test("a supervisor slow to start when cmappserver dies starts nothing twice", async () => {
+  const f = await Fixture.create();
+  try {
+    const port = freePort();
+    const first = await f.server("-port", `${port}`);
+    // A loaded guest: the supervisor takes 2 s to get going.
+    const bin = [...Deno.readDirSync(`${f.stateDir}/bin`)]
+      .find((e) => e.name.startsWith("cmapp-supervise-"))!.name;
+    const real = `${f.dir}/real-supervise`;
+    await Deno.copyFile(`${f.stateDir}/bin/${bin}`, real);
+    await Deno.chmod(real, 0o700);
+    await Deno.writeTextFile(
+      `${f.stateDir}/bin/${bin}`,
+      `#!/bin/sh\n/bin/sleep 2\nexec ${real} "$@"\n`,
+    );
+    const counter = `${f.dir}/starts`;
+    const argv = ["/bin/sh", "-c", `echo started >> ${counter}; exec /bin/sleep 6017`];
+    const c = await f.client(first);
+    void c.launch(argv, { name: "singleton" }).catch(() => {});
+    await first.waitForLog(/accepted manager/);
+    await new Promise((res) => setTimeout(res, 500));
+    await f.crash(first); // cmappserver dies while the supervisor is starting
+    // The next cmappserver (its supervisor program installed again, unwrapped) decides.
+    const second = await f.server("-port", `${port}`);
+    const c2 = await f.client(second);
+    const r2 = await c2.launch(argv, { name: "singleton" });
+    f.pids.add(r2.pid);
+    await new Promise((res) => setTimeout(res, 3000)); // the slow supervisor has had its chance
+    assert.equal(await countLines(counter), 1, second.log());
+    const running = (await c2.list()).filter((r) =>
+      r.name === "singleton" && r.state === "running"
+    );
+    assert.equal(running.length, 1, JSON.stringify(running));
+  } finally {
     await f.cleanup();
   }
 });

@@ -1,6 +1,6 @@
 // cmappmgr gives up on a guest that stays silent past -cmappserver_timeout.
 import assert from "node:assert/strict";
-import { makeKeys, mgrArgs, runMgr, startServerProcess } from "./_harness.ts";
+import { eventually, makeKeys, mgrArgs, runMgr, startServerProcess } from "./_harness.ts";
 import { MGR_EXIT } from "../cli/exit_codes.ts";
 
 Deno.test("a frozen cmappserver is declared lost with its own exit code", async () => {
@@ -8,6 +8,7 @@ Deno.test("a frozen cmappserver is declared lost with its own exit code", async 
   const server = await startServerProcess(keys.server);
   let frozen = false;
   try {
+    const log = `${keys.root.path}/mgr.log`;
     const mgr = runMgr(mgrArgs(
       keys,
       server,
@@ -15,10 +16,17 @@ Deno.test("a frozen cmappserver is declared lost with its own exit code", async 
       "2",
       "-poll_interval",
       "0.2",
+      "-hostlogfile",
+      log,
       "/bin/sleep",
       "30",
     ));
     await server.waitForLog(/started run \S+ \(\S+\) pid (\d+)/);
+    // Frozen once the manager follows the run (its launch answered), not before.
+    await eventually(
+      "cmappmgr to have its answer",
+      async () => /started run/.test(await Deno.readTextFile(log).catch(() => "")),
+    );
     const pid = Number(/started run \S+ \(\S+\) pid (\d+)/.exec(server.log())![1]);
     Deno.kill(server.pid, "SIGSTOP");
     frozen = true;

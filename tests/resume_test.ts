@@ -14,6 +14,8 @@ import {
   ServerFixture,
   type ServerProcess,
 } from "./_harness.ts";
+import { type Client, connect } from "../manager/mod.ts";
+import { loadIdentity, loadTrust } from "../tls/mod.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -155,6 +157,275 @@ Deno.test("stdin resumes after cmappserver is killed: nothing lost, nothing twic
     assert.equal(await Deno.readTextFile(out), part1 + part2);
   } finally {
     await mgr?.kill();
+    await f.cleanup();
+  }
+});
+
+// ---------------------------------------------------------------- from the hostile review
+
+class ApiFixture extends ServerFixture {
+  readonly clients: Client[] = [];
+
+  async client(server: ServerProcess): Promise<Client> {
+    const c = await connect({
+      host: "127.0.0.1",
+      port: server.port,
+      identity: await loadIdentity(this.keys.manager),
+      trust: await loadTrust(this.keys.manager),
+    });
+    this.clients.push(c);
+    return c;
+  }
+
+  protected override async endOthers(): Promise<void> {
+    for (const c of this.clients) {
+      c.close();
+      await c.closed;
+    }
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A counter file's number, once it has one. */
+async function counter(path: string): Promise<number> {
+  for (;;) {
+    const t = (await Deno.readTextFile(path).catch(() => "")).trim();
+    if (t) return Number(t);
+    await sleep(5);
+  }
+}
+
+/** The application keeps writing (its counter moves): it is not blocked on its output. */
+async function keepsWriting(path: string): Promise<void> {
+  const before = await counter(path);
+  await eventually("the application to write on", async () => await counter(path) > before + 50);
+}
+
+const CHATTY = (cnt: string, pause = "") =>
+  `i=0; while :; do head -c 4096 /dev/zero; i=$((i+1)); echo $i > ${cnt}; ${pause} done`;
+
+Deno.test("a re-adopted streamed run with no manager never blocks its application", async () => {
+  const f = await ApiFixture.create();
+  try {
+    const port = freePort();
+    const first = await f.server("-port", `${port}`);
+    const c = await f.client(first);
+    const cnt = `${f.dir}/cnt`;
+    const r = await c.launch(["/bin/sh", "-c", CHATTY(cnt)], { name: "chatty", streams: true });
+    c.onOutput(r.run, () => {});
+    c.grant(r.run, "stdout", 1 << 20);
+    c.grant(r.run, "stderr", 1 << 20);
+    await counter(cnt);
+    c.close();
+    await c.closed;
+    await keepsWriting(cnt); // the same daemon, its manager gone
+    await f.crash(first);
+    const second = await f.server("-port", `${port}`);
+    await second.waitForLog(/re-adopted run/);
+    await keepsWriting(cnt); // a new daemon, no manager at all (after the hold)
+  } finally {
+    await f.cleanup();
+  }
+});
+
+Deno.test("an application that does not read its stdin still has its output taken back", async () => {
+  const f = await ApiFixture.create();
+  try {
+    const port = freePort();
+    const first = await f.server("-port", `${port}`);
+    const c = await f.client(first);
+    const cnt = `${f.dir}/cnt`;
+    const r = await c.launch(["/bin/sh", "-c", CHATTY(cnt, "sleep 0.01;")], {
+      name: "deaf",
+      streams: true,
+      stdin: true,
+    });
+    c.onOutput(r.run, () => {});
+    c.grant(r.run, "stdout", 1 << 20);
+    c.grant(r.run, "stderr", 1 << 20);
+    // More stdin than the pipe and the supervisor hold, never read.
+    const chunk = new Uint8Array(60000).fill(65);
+    for (let i = 0; i < 8; i++) await c.sendStdin(r.run, chunk);
+    c.close();
+    await c.closed;
+    await f.crash(first);
+    const second = await f.server("-port", `${port}`);
+    const c2 = await f.client(second);
+    let got = 0;
+    c2.onOutput(r.run, (_s, bytes) => {
+      got += bytes.length;
+    });
+    const st = await c2.status(r.run, { streams: true, window: 1 << 20 });
+    assert.equal(st.state, "running");
+    await eventually("output to come through the new daemon", () => Promise.resolve(got > 100_000));
+    await keepsWriting(cnt);
+  } finally {
+    await f.cleanup();
+  }
+});
+
+Deno.test("a slow reader at the end of a run: every byte arrives or is reported lost", async () => {
+  const f = await ApiFixture.create();
+  try {
+    const s = await f.server();
+    const N = 1_250_000;
+    const c = await f.client(s);
+    const r = await c.launch(["/bin/sh", "-c", `head -c ${N} /dev/zero; exit 0`], {
+      name: "slow",
+      streams: true,
+    });
+    let release!: () => void;
+    const gate = new Promise<void>((res) => release = res);
+    let got = 0;
+    const resumes: number[] = [];
+    c.onStreamEvents(r.run, {
+      resume: (stream, at) => stream === "stdout" && resumes.push(at),
+      stdinTaken: () => {},
+    });
+    c.onOutput(r.run, async (stream, b) => {
+      await gate;
+      if (stream === "stdout") got += b.length;
+    });
+    c.grant(r.run, "stdout", 1 << 20);
+    c.grant(r.run, "stderr", 1 << 20);
+    setTimeout(release, 5000); // the reader is busy for 5 s, past the supervisor's drain
+    assert.deepEqual(await c.wait(r.run), { code: 0 });
+    // Offsets: the first says where it started (0), a later one where it really ended.
+    const end = resumes.length > 1 ? resumes[resumes.length - 1] : got;
+    assert.equal(end, N, `resumes ${resumes}, got ${got}`);
+    assert.ok(got <= N);
+  } finally {
+    await f.cleanup();
+  }
+});
+
+Deno.test("stdin in flight when a manager reconnects is not delivered twice", async () => {
+  const f = await ApiFixture.create();
+  try {
+    const s = await f.server();
+    const out = `${f.dir}/received`;
+    const c1 = await f.client(s);
+    const r = await c1.launch(["/bin/sh", "-c", `sleep 3; cat > ${out}`], {
+      name: "slowcat",
+      stdin: true,
+      streams: true,
+    });
+    c1.onOutput(r.run, () => {});
+    const TOTAL = 900_000;
+    const all = new Uint8Array(TOTAL);
+    const dv = new DataView(all.buffer);
+    for (let i = 0; i + 4 <= TOTAL; i += 4) dv.setUint32(i, i / 4);
+    for (let sent = 0; sent < TOTAL; sent += 50_000) {
+      await c1.sendStdin(r.run, all.subarray(sent, sent + 50_000));
+    }
+    await sleep(500);
+    c1.destroy(); // the connection breaks while writes are under way on the guest
+    await c1.closed;
+    const c2 = await f.client(s);
+    let at = -1;
+    c2.onStreamEvents(r.run, {
+      resume: (stream, o) => {
+        if (stream === "stdin") at = o;
+      },
+      stdinTaken: () => {},
+    });
+    c2.onOutput(r.run, () => {});
+    await c2.status(r.run, { streams: true, window: 1 << 20 });
+    await eventually("stdin to resume", () => Promise.resolve(at >= 0), 20_000);
+    await c2.sendStdin(r.run, all.subarray(at));
+    await c2.sendStdin(r.run, new Uint8Array(0));
+    assert.deepEqual(await c2.wait(r.run), { code: 0 });
+    const got = await Deno.readFile(out);
+    assert.equal(got.length, TOTAL, `resumed at ${at}`);
+    assert.deepEqual(got, all);
+  } finally {
+    await f.cleanup();
+  }
+});
+
+Deno.test("a manager gone during a streamed launch does not block the application", async () => {
+  const f = await ApiFixture.create();
+  try {
+    const s = await f.server();
+    const cnt = `${f.dir}/cnt`;
+    const c = await f.client(s);
+    void c.launch(["/bin/sh", "-c", CHATTY(cnt)], { name: "orphan", streams: true })
+      .catch(() => {});
+    await sleep(5);
+    c.destroy();
+    await c.closed;
+    await s.waitForLog(/\(orphan\)/);
+    await keepsWriting(cnt);
+  } finally {
+    await f.cleanup();
+  }
+});
+
+/** Resolves with `p`'s outcome, or fails the test if it takes longer than `ms`. */
+async function answered<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no answer to ${what} within ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+Deno.test("a status poll while output waits for credit is answered", async () => {
+  const f = await ApiFixture.create();
+  try {
+    const s = await f.server();
+    const c = await f.client(s);
+    const r = await c.launch(["/bin/sh", "-c", "head -c 1100000 /dev/zero; exit 5"], {
+      name: "burst",
+      streams: true,
+    });
+    let release!: () => void;
+    const gate = new Promise<void>((res) => release = res);
+    let got = 0;
+    c.onOutput(r.run, async (_s, b) => {
+      await gate;
+      got += b.length;
+    });
+    c.grant(r.run, "stdout", 1 << 20);
+    c.grant(r.run, "stderr", 1 << 20);
+    await s.waitForLog(/\(burst\) pid \d+ exited with code 5/);
+    const st = c.status(r.run); // an ordinary poll, held until the output has drained
+    await sleep(200);
+    release(); // the handler catches up: its credit goes back
+    assert.deepEqual((await answered(st, 15_000, "status")).exit, { code: 5 });
+    assert.equal(got, 1_100_000);
+    await answered(c.list(), 5_000, "list");
+  } finally {
+    await f.cleanup();
+  }
+});
+
+Deno.test("another manager taking a run's streams does not wedge the first one", async () => {
+  const f = await ApiFixture.create();
+  try {
+    const s = await f.server();
+    const a = await f.client(s);
+    const r = await a.launch(
+      ["/bin/sh", "-c", "head -c 200000 /dev/zero; sleep 1; head -c 20000 /dev/zero; exit 5"],
+      { name: "shared", streams: true },
+    );
+    a.onOutput(r.run, () => {});
+    a.grant(r.run, "stdout", 1 << 20);
+    a.grant(r.run, "stderr", 1 << 20);
+    const b = await f.client(s);
+    await sleep(300);
+    void b.status(r.run, { streams: true }).catch(() => {}); // takes them, grants nothing
+    await s.waitForLog(/\(shared\) pid \d+ exited with code 5/);
+    assert.equal((await answered(a.status(r.run), 10_000, "status")).state, "exited");
+    await answered(a.list(), 5_000, "list");
+  } finally {
     await f.cleanup();
   }
 });

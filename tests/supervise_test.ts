@@ -49,10 +49,12 @@ class Scratch {
     id: string,
     argv: string[],
     opts: { env?: Record<string, string>; flags?: string[]; envBytes?: number } = {},
-  ): Promise<{ report: string; stderr: string; code: number }> {
+  ): Promise<{ report: string; stderr: string; code: number | null }> {
     const env = enc.encode(
       Object.entries(opts.env ?? { PATH: "/usr/bin:/bin" }).map(([k, v]) => `${k}=${v}\0`).join(""),
     );
+    // The run's record, which a supervisor checks for under the run's lock.
+    await Deno.writeTextFile(`${this.runs}/${id}.json`, "{}\n");
     const args = [
       ...(opts.flags ?? []),
       "-e",
@@ -69,7 +71,7 @@ class Scratch {
   }
 
   /** Starts a watcher (-w) for run `id`. */
-  watch(id: string): Promise<{ report: string; stderr: string; code: number }> {
+  watch(id: string): Promise<{ report: string; stderr: string; code: number | null }> {
     return this.#run(["-w", this.runs, id], null);
   }
 
@@ -92,9 +94,19 @@ class Scratch {
       await w.write(input).catch(() => {});
       await w.close().catch(() => {});
     }
-    const out = await child.output();
-    return { report: dec.decode(out.stdout), stderr: dec.decode(out.stderr), code: out.code };
+    // A supervisor that started its run stays our child until it is collected: its report
+    // is what it wrote before closing stdout and stderr; its exit is awaited in cleanup.
+    const [out, err] = await Promise.all([
+      new Response(child.stdout).arrayBuffer(),
+      new Response(child.stderr).arrayBuffer(),
+    ]);
+    const report = dec.decode(out);
+    this.#children.push(child.status);
+    const code = /^pid \d+ \d+$/m.test(report) ? null : (await child.status).code;
+    return { report, stderr: dec.decode(err), code };
   }
+
+  readonly #children: Promise<Deno.CommandStatus>[] = [];
 
   file(id: string, ext: string): string | null {
     try {
@@ -118,6 +130,7 @@ class Scratch {
       const left = await _supervisorsIn(this.runs);
       return left.length === 0;
     });
+    await Promise.all(this.#children);
     const reports = [...Deno.readDirSync(this.sanitizerLogs)].map((e) => e.name);
     const texts = reports.map((r) => Deno.readTextFileSync(`${this.sanitizerLogs}/${r}`));
     await Deno.remove(this.dir, { recursive: true });
@@ -133,6 +146,11 @@ async function _supervisorsIn(runs: string): Promise<number[]> {
   return dec.decode(out.stdout).split("\n")
     .filter((l) => l.includes("cmapp-supervise") && l.includes(runs))
     .map((l) => Number(l.trim().split(/\s+/)[0]));
+}
+
+/** Files of runs in the scratch runs/, but the records the tests write themselves. */
+function leftovers(s: Scratch): string[] {
+  return [...Deno.readDirSync(s.runs)].map((e) => e.name).filter((n) => !n.endsWith(".json"));
 }
 
 /** A connection to a supervisor's socket, read line by line or to its end. */
@@ -192,6 +210,13 @@ class Conn {
       // closed
     }
   }
+}
+
+/** User plus system CPU time of a process so far, in clock ticks. */
+async function cpuTicks(pid: number): Promise<number> {
+  const st = await procFile(pid, "stat");
+  const f = st.slice(st.lastIndexOf(") ") + 2).split(" ");
+  return Number(f[11]) + Number(f[12]);
 }
 
 /** A file of /proc, read by cat (this runtime refuses /proc paths to our permission set). */
@@ -290,12 +315,13 @@ for (const fl of FLAVOURS) {
     for (const [i, [script, want]] of cases.entries()) {
       const r = await s.start(`r${i}`, ["/bin/sh", "-c", script]);
       assert.match(r.report, /^pid \d+ \d+\n$/, r.stderr);
-      assert.equal(r.code, 0);
+      assert.equal(r.code, null, "a supervisor runs on while its run runs");
       const exit = await collect(s, `r${i}`);
       assert.equal(exit, `exit 1 - - - ${want}`);
       assert.equal(s.file(`r${i}`, ".exit")!.split("\n")[0], want);
       assert.equal(s.file(`r${i}`, ".sock"), null, "the socket is removed when collected");
       assert.equal(s.file(`r${i}`, ".pid"), null);
+      assert.equal(s.file(`r${i}`, ".lock"), null);
     }
   });
 
@@ -308,7 +334,7 @@ for (const fl of FLAVOURS) {
     assert.match(notExec.report, /^fail exec 13$/m);
     const noDir = await s.start("d", ["/bin/true"], { flags: ["-d", "/no/such/dir"] });
     assert.match(noDir.report, /^fail chdir 2$/m);
-    assert.deepEqual([...Deno.readDirSync(s.runs)].map((e) => e.name), []);
+    assert.deepEqual(leftovers(s), []);
   });
 
   test("the environment reaches the application and nothing else", async (s) => {
@@ -337,7 +363,7 @@ for (const fl of FLAVOURS) {
     const r = await s.start("x", ["/bin/true"], { envBytes: 500 });
     assert.equal(r.code, 100);
     assert.match(r.stderr, /ended early/);
-    assert.deepEqual([...Deno.readDirSync(s.runs)].map((e) => e.name), []);
+    assert.deepEqual(leftovers(s), []);
   });
 
   test("a runs directory others can write to is refused", async (s) => {
@@ -544,6 +570,129 @@ for (const fl of FLAVOURS) {
     Deno.kill(sup, "SIGTERM");
     await eventually("the supervisor to exit", async () => !(await running(sup)));
     assert.equal(s.file("t", ".sock"), null);
+  });
+
+  test("a slow reader at the end: every byte is sent or counted, without spinning", async (s) => {
+    const N = 150_000;
+    const r = await s.start("sl", ["/bin/sh", "-c", `head -c ${N} /dev/zero`], { flags: ["-o"] });
+    assert.match(r.report, /^pid/, r.stderr);
+    const out = await Conn.open(`${s.runs}/sl.sock`, "out");
+    assert.equal(await out.line(), "@0 0");
+    // The reader stalls for 4 s (past the 2 s drain), then takes everything.
+    await new Promise((res) => setTimeout(res, 4000));
+    const sup = s.supervisorOf("sl")!;
+    const cpu = await cpuTicks(sup);
+    const got = (await out.rest()).length;
+    out.close();
+    const exit = await collect(s, "sl");
+    const [, written] = /^exit 1 (\d+) 0 - code 0$/.exec(exit) ?? [];
+    assert.ok(written, exit);
+    // Counted as written, so that what did not arrive (N - got) is known to be lost.
+    assert.equal(Number(written), N, "every byte the application wrote is counted");
+    assert.match(s.file("sl", ".exit")!, new RegExp(`^out ${N}$`, "m"));
+    assert.ok(got <= N);
+    assert.ok(cpu < 50, `the supervisor spun while its reader stalled: ${cpu} ticks`);
+  });
+
+  test("stdin the application does not read does not make the supervisor spin", async (s) => {
+    const r = await s.start("ns", ["/bin/sh", "-c", "sleep 3"], { flags: ["-i"] });
+    assert.match(r.report, /^pid/, r.stderr);
+    const c = await Conn.open(`${s.runs}/ns.sock`, "in");
+    assert.equal(await c.line(), "@0");
+    // More than the pipe and the buffer hold, in odd chunks.
+    for (let i = 0; i < 30; i++) await c.send(frame(new Uint8Array(9000).fill(66)));
+    await new Promise((res) => setTimeout(res, 1500));
+    const cpu = await cpuTicks(s.supervisorOf("ns")!);
+    assert.ok(cpu < 50, `the supervisor spun: ${cpu} ticks`);
+    c.close();
+  });
+
+  test("what is left of the session when its leader ends is ended too", async (s) => {
+    const r = await s.start("lo", [
+      "/bin/sh",
+      "-c",
+      "sleep 3001 & (trap '' TERM; sleep 3002) & sleep 0.2; exit 3",
+    ], { flags: ["-k", "500"] });
+    const pid = Number(/^pid (\d+)/.exec(r.report)![1]);
+    assert.equal(await collect(s, "lo"), "exit 1 - - - code 3");
+    await eventually("no process of the session to remain", async () => {
+      const out = await new Deno.Command("ps", { args: ["-e", "-o", "sid="], stdout: "piped" })
+        .output();
+      return !dec.decode(out.stdout).split("\n").some((l) => Number(l) === pid);
+    });
+  });
+
+  test("descriptors the caller left open do not reach the application", async (s) => {
+    const wrapped: Flavour = {
+      ...s.flavour,
+      wrap: [
+        "/bin/sh",
+        "-c",
+        'exec 7</etc/hostname 8>/dev/null; exec "$0" "$@"',
+        ...s.flavour.wrap,
+      ],
+    };
+    const w = await Scratch.create(wrapped);
+    try {
+      const r = await w.start("fd", ["/bin/sh", "-c", "ls /proc/$$/fd"], { flags: ["-o"] });
+      assert.match(r.report, /^pid/, r.stderr);
+      const out = await Conn.open(`${w.runs}/fd.sock`, "out");
+      await out.line();
+      const fds = (await out.rest()).trim().split(/\s+/).map(Number).sort((a, b) => a - b);
+      out.close();
+      await collect(w, "fd");
+      assert.ok(!fds.includes(7) && !fds.includes(8), `inherited: ${fds}`);
+    } finally {
+      await w.cleanup();
+    }
+  });
+
+  test("-m is an octal umask", async (s) => {
+    const r = await s.start("um", ["/bin/sh", "-c", "umask"], { flags: ["-o", "-m", "027"] });
+    assert.match(r.report, /^pid/, r.stderr);
+    const out = await Conn.open(`${s.runs}/um.sock`, "out");
+    await out.line();
+    assert.equal((await out.rest()).trim(), "0027");
+    out.close();
+    await collect(s, "um");
+  });
+
+  test("a locked run, or one whose record is gone, starts nothing", async (s) => {
+    await Deno.writeTextFile(`${s.runs}/lk.lock`, "");
+    const holder = new Deno.Command("flock", {
+      args: [`${s.runs}/lk.lock`, "sleep", "30"],
+    }).spawn();
+    try {
+      await eventually("the lock to be held", async () => {
+        const t = await new Deno.Command("flock", {
+          args: ["-n", `${s.runs}/lk.lock`, "true"],
+        }).output();
+        return t.code !== 0;
+      });
+      const r = await s.start("lk", ["/bin/true"]);
+      assert.match(r.report, /^fail lock \d+$/m, r.stderr);
+      assert.match(r.stderr, /locked: cmappserver is resolving it/);
+    } finally {
+      holder.kill("SIGKILL");
+      await holder.status;
+    }
+    await Deno.remove(`${s.runs}/lk.lock`);
+    const marker = `${s.dir}/ran`;
+    const env = new TextEncoder().encode("PATH=/bin\0");
+    // start() writes the record; here it is removed before the supervisor looks.
+    const child = new Deno.Command(s.flavour.binary, {
+      args: ["-e", String(env.length), s.runs, "gone", "/bin/sh", "/bin/sh", "-c", `: > ${marker}`],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const w = child.stdin.getWriter();
+    await w.write(env);
+    await w.close();
+    const o = await child.output();
+    assert.match(dec.decode(o.stdout), /^fail record 2$/m);
+    assert.ok(!(await Deno.stat(marker).then(() => true, () => false)), "the application ran");
+    assert.deepEqual(leftovers(s), []);
   });
 
   test("watch mode: a killed supervisor's application is followed, then lost", async (s) => {
