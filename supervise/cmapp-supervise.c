@@ -306,6 +306,7 @@ static struct {
   int finalized;  /* outputs done, exit line final */
   int recorded;   /* ID.exit holds the final line */
   int done;       /* a daemon collected the exit */
+  int term;       /* asked to end (SIGTERM and the like) after the run ended */
   int64_t exit_at, stop_deadline, retry_at, watch_at;
   int stopping;
   int64_t leftover_deadline; /* SIGKILL to what is left of the session, once the leader ended */
@@ -798,8 +799,10 @@ static void on_signal(void) {
     if (r != (ssize_t)sizeof si) return;
     if (si.ssi_signo == SIGCHLD) {
       if (!S.watching) reap();
-    } else if (S.finalized && S.recorded) {
-      finish(); /* SIGTERM and the like, once the status is safe on disk */
+    } else if (S.exited) {
+      /* SIGTERM and the like once the run has ended: obeyed as soon as its status is safe on
+         disk (see the loop); while it runs, ignored */
+      S.term = 1;
     }
   }
 }
@@ -867,6 +870,7 @@ static void loop(void) {
     /* let go once collected, once what a daemon is taking of the outputs is sent, and once
        what was left of the session has had its SIGKILL */
     if (S.done && S.out[0].conn < 0 && S.out[1].conn < 0 && !S.leftover_deadline) finish();
+    if (S.term && S.finalized && S.recorded) finish();
     if (S.in.ended && S.in.len == 0 && S.in.pipe >= 0) xclose(&S.in.pipe);
 
     int n = 0;
