@@ -11,6 +11,9 @@
 /** Default size of a gathered chunk, and of the buffers behind it: 64 KiB. */
 export const DEFAULT_GATHER_BYTES = 64 * 1024;
 
+/** The first read's buffer; it grows fourfold each time a read fills it. */
+const _FIRST_READ = 4096;
+
 /**
  * A gathering reader. On a byte stream (a pipe's, a file's) it reads with
  * a BYOB reader into one buffer it keeps, and gathers into a second one, so
@@ -32,8 +35,8 @@ export class Gatherer {
   readonly #size: number;
   /** Where BYOB reads land (handed back by each read). */
   #buf: Uint8Array;
-  /** Where a chunk made of several reads is gathered. */
-  readonly #acc: Uint8Array;
+  /** Where a chunk made of several reads is gathered (made the first time it is needed). */
+  #acc: Uint8Array | null;
   /** A read started while gathering that did not complete at once. */
   #ahead: Promise<Uint8Array | null> | null = null;
   /** Bytes of a default reader's chunk beyond what was asked for. */
@@ -57,8 +60,10 @@ export class Gatherer {
       // Not a byte stream.
       this.#reader = stream.getReader();
     }
-    this.#buf = new Uint8Array(this.#byob ? size : 0);
-    this.#acc = new Uint8Array(size);
+    // Small at first, grown while reads fill it: an idle stream (a daemon's stderr, most of
+    // the time) holds 4 KiB, not 128.
+    this.#buf = new Uint8Array(this.#byob ? Math.min(size, _FIRST_READ) : 0);
+    this.#acc = null;
   }
 
   /**
@@ -82,15 +87,16 @@ export class Gatherer {
     }
     if (first.length === limit || this.#eof) return first;
     // A read about to start reuses the buffer `first` may be in: move it first.
-    this.#acc.set(first, 0);
+    const acc = this.#acc ??= new Uint8Array(this.#size);
+    acc.set(first, 0);
     let total = first.length;
     while (total < limit && !this.#eof) {
       const more = await this.#soon(limit - total);
       if (!more) break;
-      this.#acc.set(more, total);
+      acc.set(more, total);
       total += more.length;
     }
-    return this.#acc.subarray(0, total);
+    return acc.subarray(0, total);
   }
 
   /** Stops reading: the stream is cancelled (a pipe's read end closed). */
@@ -114,9 +120,14 @@ export class Gatherer {
     }
     if (this.#byob) {
       const { value, done } = await this.#byob.read(this.#buf.subarray(0, max));
-      // The buffer comes back (moved) with the result; keep it for the next read.
-      if (value) this.#buf = new Uint8Array(value.buffer);
-      else this.#buf = new Uint8Array(this.#size);
+      // The buffer comes back (moved) with the result; keep it for the next read, larger if
+      // this read filled it (up to the chunk size).
+      const cap = value?.buffer.byteLength ?? 0;
+      if (value && (value.length < cap || cap >= this.#size)) {
+        this.#buf = new Uint8Array(value.buffer);
+      } else {
+        this.#buf = new Uint8Array(Math.min(this.#size, Math.max(_FIRST_READ, cap * 4)));
+      }
       if (done || !value) return this.#end();
       return value;
     }

@@ -261,7 +261,7 @@ struct out {
   int conn;         /* the daemon's connection for this stream, -1 when none */
   int ever;         /* a daemon has taken this stream at least once */
   int closed;       /* the daemon asked us to close it (close_stream) */
-  char buf[BUFSZ];
+  char *buf;       /* BUFSZ bytes, apart from the rest (below): only a stream in use is paged in */
   size_t off, len; /* pending bytes: buf[off .. off+len) */
   uint64_t produced; /* bytes read from the pipe */
   uint64_t dropped;  /* bytes discarded while no daemon held the stream */
@@ -273,7 +273,7 @@ struct in {
   int pipe; /* write end of the application's stdin, -1 once closed */
   int conn;
   int next; /* a newer connection, waiting until what the older one holds is read */
-  char buf[BUFSZ];
+  char *buf; /* BUFSZ bytes */
   size_t off, len;
   uint64_t accepted; /* bytes taken from daemons */
   uint32_t chunk;    /* bytes left in the current chunk */
@@ -991,8 +991,15 @@ static void open_runs(const char *dir) {
     die(EX_SYS, "the runs directory is not ours alone (owner or mode)", 0);
 }
 
+/* The stream buffers, out of the state struct: pages of a buffer never used are never touched,
+   and the state itself stays on a page or two. */
+static char outbuf[2][BUFSZ], inbuf[BUFSZ];
+
 static void init_state(void) {
   S.lfd = S.sfd = S.ctl = S.in.pipe = S.in.conn = S.in.next = -1;
+  S.out[0].buf = outbuf[0];
+  S.out[1].buf = outbuf[1];
+  S.in.buf = inbuf;
   for (int i = 0; i < PENDING; i++) S.pend[i].fd = -1;
   for (int i = 0; i < 2; i++) {
     S.out[i].pipe = S.out[i].conn = -1;
