@@ -50,6 +50,7 @@ export * from "./protocol/mod.ts";
 export {
   type CmappServer,
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
+  DEFAULT_MAX_CONNECTIONS,
   DEFAULT_MAX_PROCESSES,
   DEFAULT_PORT,
   DEFAULT_STATE_DIR,
@@ -66,6 +67,7 @@ export type {
 } from "./server/runs.ts";
 export type { LaunchPolicy, LaunchRequest } from "./server/policy.ts";
 export { StateDirError } from "./server/store.ts";
+export { ProtocolViolation, RequestError, UnknownRunError } from "./server/errors.ts";
 export type { RunLock, RunStore, StoredRun } from "./server/store.ts";
 export type {
   AnyRunRecord,

@@ -185,9 +185,14 @@ try {
       if (!("run" in r)) throw new Error(r.message);
       const run = r.run;
       if (run.io) {
-        run.io.attach({ resume: () => {}, data: () => {} });
-        run.io.grant("stdout", 1 << 20);
-        run.io.grant("stderr", 1 << 20);
+        // A receiver that always has room (credit and a draining connection).
+        run.io.attach({
+          resume: () => {},
+          room: () => 1 << 20,
+          whenRoom: () => Promise.resolve(),
+          data: () => {},
+          stdinClosed: () => {},
+        });
       }
       const at = await ended(run);
       if (run.io) await run.io.drained(2000);

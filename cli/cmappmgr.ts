@@ -283,7 +283,7 @@ async function _otherVerb(cfg: _Config, identity: Identity, trust: TrustStore): 
         );
         return 0;
       }
-      if (client.version.minor < 1) {
+      if (!client.features.names) {
         throw new _mgr.ManagerError("version", `${client.serverAgent} does not support -list`);
       }
       const runs = await client.list();

@@ -15,6 +15,7 @@ import { FileSink, type LogSink, stderrSink, SyslogSink } from "../log/sinks.ts"
 import { formatVersion, PROTOCOL_VERSION, SOFTWARE_VERSION } from "../protocol/mod.ts";
 import {
   type CmappServer,
+  DEFAULT_MAX_CONNECTIONS,
   DEFAULT_MAX_PROCESSES,
   DEFAULT_PORT,
   DEFAULT_STATE_DIR,
@@ -52,6 +53,7 @@ const SPEC: Record<string, OptionSpec> = {
   keep_finished: { type: "string" },
   keep_finished_for: { type: "string" },
   stop_timeout: { type: "string" },
+  stdin_grace: { type: "string" },
   stop_on_exit: { type: "string" },
   allow_exec: { type: "string", multiple: true },
   allow_user: { type: "string", multiple: true },
@@ -80,7 +82,8 @@ docs/cmappserver.md describes each one.
   -port N                   TCP port (default ${DEFAULT_PORT}; 0 picks a free one)
   -statedir DIR             where runs are recorded (default ${DEFAULT_STATE_DIR})
   -max_processes N          processes monitored at once (default ${DEFAULT_MAX_PROCESSES})
-  -max_connections N        connections at once (default 4096)
+  -max_connections N        connections at once (default ${DEFAULT_MAX_CONNECTIONS});
+                            keep it well under RLIMIT_NOFILE (docs/cmappserver.md)
   -handshake_timeout SECS   time for the TLS handshake, then for the hello (default 10)
   -idle_timeout SECS        close a connection silent this long (default 120)
   -max_frame BYTES          largest message accepted (default 1048576)
@@ -89,6 +92,8 @@ docs/cmappserver.md describes each one.
   -keep_finished N          finished runs remembered (default 1000)
   -keep_finished_for SECS   how long they are remembered (default 604800, 7 days)
   -stop_timeout SECS        default grace between SIGTERM and SIGKILL (default 10)
+  -stdin_grace SECS         a run's stdin with no manager to feed it this long is
+                            closed (default 30)
   -stop_on_exit yes|no      stop every run when cmappserver is stopped (default no)
   -allow_exec GLOB          only executables matching a GLOB may run (repeatable;
                             * within a path segment, ** across); default: any
@@ -147,7 +152,7 @@ export async function main(args: string[]): Promise<number> {
       port: s.int("port", DEFAULT_PORT, 0, 65535),
       statedir: s.string("statedir", DEFAULT_STATE_DIR),
       maxProcesses: s.int("max_processes", DEFAULT_MAX_PROCESSES, 1, 100_000),
-      maxConnections: s.int("max_connections", 4096, 1, 1_000_000),
+      maxConnections: s.int("max_connections", DEFAULT_MAX_CONNECTIONS, 1, 1_000_000),
       handshakeMs: s.seconds("handshake_timeout", 10, 0.1, 3600),
       idleMs: s.seconds("idle_timeout", 120, 1, 86400),
       maxFrame: s.int("max_frame", 1024 * 1024, 1024, 64 * 1024 * 1024),
@@ -156,6 +161,7 @@ export async function main(args: string[]): Promise<number> {
       keepFinished: s.int("keep_finished", 1000, 1, 1_000_000),
       keepFinishedMs: s.seconds("keep_finished_for", 604800, 1, 10 * 365 * 86400),
       stopTimeoutMs: s.seconds("stop_timeout", 10, 0, 86400),
+      stdinGraceMs: s.seconds("stdin_grace", 30, 0, 86400),
       stopOnExit: s.bool("stop_on_exit", false),
       allowExec: s.checkedList("allow_exec", (g) => {
         if (!g.startsWith("/")) {
@@ -225,6 +231,7 @@ export async function main(args: string[]): Promise<number> {
       keepFinished: cfg.keepFinished,
       keepFinishedMs: cfg.keepFinishedMs,
       stopTimeoutMs: cfg.stopTimeoutMs,
+      stdinGraceMs: cfg.stdinGraceMs,
       policy: {
         allowExec: cfg.allowExec,
         allowUsers: cfg.allowUsers,

@@ -6,6 +6,7 @@
  */
 
 import {
+  CreditError,
   decodeServerMessage,
   DEFAULT_MAX_FRAME_SIZE,
   type ExitStatus,
@@ -28,6 +29,7 @@ import {
   SOFTWARE_VERSION,
   type StatusMessage,
   type StopMessage,
+  StreamChannels,
 } from "../protocol/mod.ts";
 import type { ClientMessage, ErrorMessage } from "../protocol/mod.ts";
 import {
@@ -141,15 +143,12 @@ export class Client {
     (stream: "stdout" | "stderr", bytes: Uint8Array) => void | Promise<void>
   >();
   #outputChain: Promise<void> = Promise.resolve();
-  /**
-   * Output credit per run and stream: what was granted in all, and what was
-   * handled but not yet given back (returned in batches, see #handled).
-   */
-  readonly #outCredit = new Map<string, { granted: number; unreturned: number }>();
-  readonly #stdinCredit = new Map<string, number>();
-  readonly #stdinWaiters = new Map<string, () => void>();
+  /** Windows, data and ends of the runs' streams on this connection. */
+  readonly #streams: StreamChannels;
   /** Runs whose first stdin credit (the grant, not an acknowledgement) has come. */
   readonly #stdinGranted = new Set<string>();
+  /** Runs whose stdin the server no longer takes from us (1.4 `close_stream`). */
+  readonly #stdinShut = new Set<string>();
   readonly #streamEvents = new Map<string, StreamEvents>();
   /** `resume` messages for runs nobody listens to yet (a few, kept for onStreamEvents). */
   readonly #earlyResumes = new Map<string, ResumeMessage[]>();
@@ -176,6 +175,7 @@ export class Client {
     this.serverCertificate = hello.certificate;
     this.serverMaxFrame = hello.maxFrame ?? DEFAULT_MAX_FRAME_SIZE;
     this.lastHeard = Date.now();
+    this.#streams = new StreamChannels(channel, Math.min(64 * 1024, this.serverMaxFrame - 128));
     let onClosed!: (e: Error | null) => void;
     this.#closed = new Promise((r) => onClosed = r);
     events.setHandler({
@@ -188,6 +188,7 @@ export class Client {
         );
         for (const p of this.#pending.values()) p.reject(err);
         this.#pending.clear();
+        this.#streams.close();
         onClosed(e);
       },
     });
@@ -215,7 +216,7 @@ export class Client {
    */
   async launch(argv: string[], options: LaunchOptions = {}): Promise<Launched> {
     if (
-      this.version.minor < 1 && Object.values(options).some((v) => v !== undefined && v !== false)
+      !this.features.names && Object.values(options).some((v) => v !== undefined && v !== false)
     ) {
       throw new ManagerError(
         "version",
@@ -231,7 +232,7 @@ export class Client {
     if (options.group !== undefined) msg.group = options.group;
     if (options.stopTimeoutMs !== undefined) msg.stop_timeout_ms = options.stopTimeoutMs;
     if (options.streams || options.stdin) {
-      if (this.version.minor < 2) {
+      if (!this.features.streams) {
         throw new ManagerError(
           "version",
           `${this.serverAgent} speaks protocol 1.${this.version.minor}, which cannot stream ` +
@@ -293,9 +294,8 @@ export class Client {
     if (options.streams && options.window && this.features.resume) {
       // Granted as the server makes us the receiver (see grant()).
       msg.window = options.window;
-      for (const stream of ["stdout", "stderr"] as const) {
-        this.#outCredit.set(`${run}\0${stream}`, { granted: options.window, unreturned: 0 });
-      }
+      this.#streams.expectInbound(run, "stdout", options.window);
+      this.#streams.expectInbound(run, "stderr", options.window);
     }
     const m = await this.#request<StatusMessage>(msg);
     if (m.type === "run_status") {
@@ -333,6 +333,8 @@ export class Client {
     const early = this.#earlyResumes.get(run);
     this.#earlyResumes.delete(run);
     for (const m of early ?? []) this.#receive(m);
+    // So may the server's word that it takes no stdin from us (a run without input).
+    if (this.#stdinShut.has(run)) events.stdinClosed?.();
   }
 
   /**
@@ -341,30 +343,7 @@ export class Client {
    * back in batches of at least a quarter of it.
    */
   grant(run: string, stream: "stdout" | "stderr", bytes: number): void {
-    const key = `${run}\0${stream}`;
-    const c = this.#outCredit.get(key);
-    if (c) c.granted += bytes;
-    else this.#outCredit.set(key, { granted: bytes, unreturned: 0 });
-    this.#channel.send({ type: "window", run, stream, bytes });
-  }
-
-  /**
-   * A chunk of output was handled: its credit goes back once a quarter of
-   * the window waits to be returned (one `window` per quarter window, not
-   * one per chunk). The server may hold at most the window in flight, so
-   * it is never left without credit while handled bytes wait here.
-   */
-  #handled(run: string, stream: "stdout" | "stderr", bytes: number): void {
-    const c = this.#outCredit.get(`${run}\0${stream}`);
-    if (!c) {
-      this.#channel.send({ type: "window", run, stream, bytes });
-      return;
-    }
-    c.unreturned += bytes;
-    if (c.unreturned * 4 < c.granted) return;
-    const n = Math.min(c.unreturned, 0x7fffffff);
-    c.unreturned -= n;
-    this.#channel.send({ type: "window", run, stream, bytes: n });
+    this.#streams.widen(run, stream, bytes);
   }
 
   /** Tells the server we will not read this stream any more (a closed pipe on our side). */
@@ -373,36 +352,32 @@ export class Client {
   }
 
   /**
-   * Sends bytes to the run's stdin, waiting for the server's credit; empty
-   * bytes close it. Rejects when the connection closes first. The bytes are
+   * Sends bytes to the run's stdin, within the server's credit and as fast
+   * as the connection drains; empty bytes close it (once the server has
+   * given stdin credit: it takes stdin from this connection). Resolves true
+   * once sent, false when the server takes no more stdin from this
+   * connection (protocol 1.4: the stdin is closed, or another manager took
+   * it over). Rejects when the connection closes first. The bytes are
    * copied as they go out: the buffer may be reused once this settles.
    */
-  async sendStdin(run: string, bytes: Uint8Array): Promise<void> {
-    if (bytes.length === 0) {
-      if (this.isClosed) throw new ManagerError("lost", "connection to cmappserver is closed");
-      this.#channel.send({ type: "data", run, stream: "stdin", data: bytes });
-      return;
-    }
+  async sendStdin(run: string, bytes: Uint8Array): Promise<boolean> {
     let off = 0;
-    while (off < bytes.length) {
+    for (;;) {
       if (this.isClosed) throw new ManagerError("lost", "connection to cmappserver is closed");
-      const credit = this.#stdinCredit.get(run) ?? 0;
-      if (credit <= 0) {
-        await Promise.race([
-          new Promise<void>((r) => this.#stdinWaiters.set(run, r)),
-          this.#closed,
-        ]);
+      if (this.#stdinShut.has(run)) return false;
+      if (bytes.length === 0 && this.#stdinGranted.has(run)) {
+        this.#streams.sendEnd(run, "stdin");
+        return true;
+      }
+      const room = this.#streams.room(run, "stdin");
+      if (bytes.length === 0 || room <= 0) {
+        await Promise.race([this.#streams.whenRoom(run, "stdin"), this.#closed]);
         continue;
       }
-      const n = Math.min(credit, bytes.length - off, 64 * 1024, this.serverMaxFrame - 128);
-      this.#stdinCredit.set(run, credit - n);
-      this.#channel.send({
-        type: "data",
-        run,
-        stream: "stdin",
-        data: bytes.subarray(off, off + n),
-      });
+      const n = Math.min(room, bytes.length - off);
+      this.#streams.sendData(run, "stdin", bytes.subarray(off, off + n));
       off += n;
+      if (off === bytes.length) return true;
     }
   }
 
@@ -469,17 +444,36 @@ export class Client {
       return;
     }
     if (m.type === "data") {
-      const handler = this.#outputs.get(m.run);
-      if (!handler || m.stream === "stdin") return;
       const { run, stream, data } = m;
+      try {
+        // An end of stream needs no credit: it may come before we granted any (a run that ended
+        // before our window reached the server).
+        if (data.length > 0) this.#streams.received(run, stream, data.length);
+      } catch (e) {
+        if (!(e instanceof CreditError)) throw e;
+        // The server broke flow control: nothing it sends can be trusted to stay bounded.
+        this.#serverError = new ManagerError("protocol", `cmappserver sent ${e.message}`);
+        this.#channel.destroy();
+        return;
+      }
+      const handler = this.#outputs.get(run);
       this.#outputChain = this.#outputChain.then(async () => {
         try {
-          await handler(stream, data);
+          await handler?.(stream as "stdout" | "stderr", data);
         } catch {
           // the handler's failure is its own business; the credit still goes back
         }
-        if (data.length > 0 && !this.isClosed) this.#handled(run, stream, data.length);
+        // Each chunk's credit goes back once handled (in batches: StreamChannels.consumed).
+        if (data.length > 0 && !this.isClosed) this.#streams.consumed(run, stream, data.length);
       });
+      return;
+    }
+    if (m.type === "close_stream") {
+      // 1.4: the server takes no more stdin from us for this run.
+      this.#stdinShut.add(m.run);
+      this.#stdinGranted.delete(m.run);
+      this.#streams.forget(m.run, "stdin");
+      this.#streamEvents.get(m.run)?.stdinClosed?.();
       return;
     }
     if (m.type === "resume") {
@@ -500,12 +494,15 @@ export class Client {
     }
     if (m.type === "window") {
       if (m.stream !== "stdin") return;
-      if (this.#stdinGranted.has(m.run)) this.#streamEvents.get(m.run)?.stdinTaken?.(m.bytes);
-      else this.#stdinGranted.add(m.run);
-      this.#stdinCredit.set(m.run, (this.#stdinCredit.get(m.run) ?? 0) + m.bytes);
-      const w = this.#stdinWaiters.get(m.run);
-      this.#stdinWaiters.delete(m.run);
-      w?.();
+      if (this.#stdinGranted.has(m.run)) {
+        this.#streamEvents.get(m.run)?.stdinTaken?.(m.bytes);
+        this.#streams.granted(m.run, "stdin", m.bytes);
+      } else {
+        // The first grant: this connection feeds the run's stdin (again, after a resume).
+        this.#stdinGranted.add(m.run);
+        this.#stdinShut.delete(m.run);
+        this.#streams.openOutbound(m.run, "stdin", m.bytes);
+      }
       return;
     }
     if (m.type === "hello") {
@@ -535,8 +532,9 @@ export class Client {
   #exitedNow(run: string, exit: ExitStatus): void {
     // Kept for a wait() that comes after the notification (bounded).
     this.#exits.set(run, exit);
-    this.#outCredit.delete(`${run}\0stdout`);
-    this.#outCredit.delete(`${run}\0stderr`);
+    this.#streams.forget(run);
+    this.#stdinGranted.delete(run);
+    this.#stdinShut.delete(run);
     if (this.#exits.size > 1000) this.#exits.delete(this.#exits.keys().next().value!);
     const set = this.#exitWaiters.get(run);
     this.#exitWaiters.delete(run);
@@ -554,6 +552,11 @@ export interface StreamEvents {
   resume(stream: "stdin" | "stdout" | "stderr", offset: number): void;
   /** The server passed `bytes` more of stdin on to the application's supervisor. */
   stdinTaken?(bytes: number): void;
+  /**
+   * The server takes no more stdin from this connection (protocol 1.4): the
+   * run's stdin is closed, another manager took it over, or it has none.
+   */
+  stdinClosed?(): void;
 }
 
 interface ClientEvents {

@@ -86,6 +86,7 @@ function _receiveOutput(client: Client, run: string, s: _Streams): void {
       else offsets.resume(stream, offset);
     },
     stdinTaken: (n) => s.stdin?.taken(n),
+    stdinClosed: () => s.stdin?.closed(),
   });
   client.onOutput(run, async (stream, raw) => {
     if (raw.length === 0 || closed.has(stream)) return;
@@ -203,7 +204,7 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
     attempts++;
     const silence = _sleep(Math.max(1, client.lastHeard + options.serverTimeoutMs - Date.now()));
     try {
-      if (io && client.version.minor < 2) {
+      if (io && !client.features.streams) {
         // An older guest: same major version, so run anyway, without streams.
         if (io.stdin) {
           client.close();
@@ -264,7 +265,8 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
       io,
       closed: new Set(),
       offsets: new OutputOffsets(logger, !ours),
-      stdin: io.stdin && ours ? new StdinForwarder(io.stdin, run, logger) : null,
+      // Attached to a run another manager started, with input: ours takes its stdin over.
+      stdin: io.stdin ? new StdinForwarder(io.stdin, run, logger, !ours) : null,
     }
     : null;
   if (streams) {
@@ -379,7 +381,7 @@ async function _follow(
   for (;;) {
     if (result) return result;
     if (control.detach) return { kind: "detach" };
-    if (control.stopWanted && !control.stopSent && client.version.minor < 1) {
+    if (control.stopWanted && !control.stopSent && !client.features.names) {
       control.stopSent = true;
       options.logger?.warn(
         `${client.serverAgent} (protocol 1.0) cannot stop runs; following run ${run} to its end`,
@@ -424,7 +426,7 @@ async function _follow(
  * server keeps the status and hands it to the next manager instead.
  */
 async function _released(client: Client, outcome: RunOutcome): Promise<RunOutcome> {
-  if (client.version.minor < 1) return outcome;
+  if (!client.features.release) return outcome;
   // A guest that stops answering now must not hold the exit status back.
   const pause = _sleep(2000);
   await Promise.race([client.release(outcome.run).catch(() => {}), pause.promise]);

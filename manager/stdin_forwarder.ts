@@ -5,8 +5,11 @@
  * receiver, the server says (protocol 1.3, `resume`) how many bytes the
  * application's supervisor has taken, and the forwarder sends on from
  * there, so that nothing is lost or doubled across a dropped connection or
- * a restart of cmappserver. Keeps at most the server's window (1 MiB) and a
- * chunk.
+ * a restart of cmappserver. Keeps at most the server's window (256 KiB) and
+ * a chunk. A forwarder that takes over the stdin of a run another manager
+ * fed starts where the guest is. It stops, and lets go of its input, when
+ * the run ends, when the server takes no more stdin from it (protocol 1.4),
+ * or when {@linkcode StdinForwarder.stop} is called.
  *
  * @module
  */
@@ -47,14 +50,21 @@ export class StdinForwarder {
   #eofSent = false;
   #stopped = false;
   #wake: (() => void) | null = null;
+  /** Taking over a run's stdin: the guest's offset at the first resume is our start. */
+  #takeover: boolean;
   /** Bytes of stdin that may not have reached the application (older guests only). */
   lost = 0;
 
-  /** Takes `input`'s lock. */
-  constructor(input: ReadableStream<Uint8Array>, run: string, logger: Logger) {
+  /**
+   * Takes `input`'s lock.
+   * @param takeover the run was started by another manager: our input
+   *   follows what the guest has already taken, whatever it is
+   */
+  constructor(input: ReadableStream<Uint8Array>, run: string, logger: Logger, takeover = false) {
     this.#gather = new Gatherer(input);
     this.#run = run;
     this.#logger = logger;
+    this.#takeover = takeover;
   }
 
   /** A connection became the run's stream receiver. */
@@ -75,8 +85,31 @@ export class StdinForwarder {
 
   /** The server says the guest has taken `offset` bytes of stdin (protocol 1.3). */
   resume(offset: number): void {
+    if (this.#takeover) {
+      // Nothing of ours was sent yet: the guest's offset is where our first byte goes.
+      this.#takeover = false;
+      this.#taken = this.#sent = offset;
+    }
     this.#resumeAt = offset;
     this.#poke();
+  }
+
+  /**
+   * The server takes no more stdin from us (protocol 1.4): the run's stdin
+   * is closed, another manager took it over, or the run has none. What is
+   * left of the input is not forwarded.
+   */
+  closed(): void {
+    if (this.#stopped) return;
+    const pending = this.#sent - this.#taken;
+    this.#logger.warn(
+      `stdin: cmappserver takes no more of it for run ${this.#run} (its stdin is closed, ` +
+        `another manager took it over, or it has none)` +
+        (pending > 0 ? `; ${pending} bytes sent may not have arrived` : "") +
+        (this.#eof ? "" : "; the rest of our input is not forwarded"),
+    );
+    this.lost += pending;
+    this.stop();
   }
 
   /** The server passed `bytes` more on to the application's supervisor. */
@@ -175,8 +208,9 @@ export class StdinForwarder {
 
   async #send(c: Client, bytes: Uint8Array): Promise<boolean> {
     try {
-      await c.sendStdin(this.#run, bytes);
-      return true;
+      if (await c.sendStdin(this.#run, bytes)) return true;
+      this.closed();
+      return false;
     } catch {
       return false;
     }

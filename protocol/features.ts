@@ -18,6 +18,8 @@ export interface Features {
   readonly streams: boolean;
   /** 1.3: `resume`, where each stream resumes for a new receiver. */
   readonly resume: boolean;
+  /** 1.4: the server says when a manager no longer feeds a run's stdin (`close_stream` stdin). */
+  readonly stdinClose: boolean;
 }
 
 /**
@@ -36,6 +38,7 @@ export function featuresOf(v: ProtocolVersion): Features {
     release: v.minor >= 1,
     streams: v.minor >= 2,
     resume: v.minor >= 3,
+    stdinClose: v.minor >= 4,
   });
 }
 
@@ -45,4 +48,5 @@ export const NO_FEATURES: Features = Object.freeze({
   release: false,
   streams: false,
   resume: false,
+  stdinClose: false,
 });

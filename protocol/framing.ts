@@ -141,29 +141,54 @@ export class FrameDecoder {
    * @throws {FrameError} on a zero or oversize length
    */
   push(chunk: Uint8Array): Uint8Array[] {
+    this.append(chunk);
+    const out: Uint8Array[] = [];
+    for (;;) {
+      let payload: Uint8Array | null;
+      try {
+        payload = this.next();
+      } catch (e) {
+        if (out.length === 0) throw e;
+        return out;
+      }
+      if (!payload) return out;
+      out.push(payload);
+    }
+  }
+
+  /**
+   * Adds received bytes without cutting them yet (see {@linkcode next}): a
+   * reader that must stop between frames keeps the rest here as bytes.
+   * @throws {FrameError} after an error
+   */
+  append(chunk: Uint8Array): void {
     if (this.#failed) throw this.#failed;
     if (chunk.length > 0) {
       this.#chunks.push(chunk);
       this.#buffered += chunk.length;
     }
-    const out: Uint8Array[] = [];
-    while (this.#buffered >= FRAME_HEADER_SIZE) {
-      const header = this.#peek(FRAME_HEADER_SIZE);
-      const length = ((header[0] << 24) | (header[1] << 16) | (header[2] << 8) | header[3]) >>> 0;
-      try {
-        _checkLength(length, this.#maxFrameSize);
-      } catch (e) {
-        this.#failed = e as FrameError;
-        this.#chunks = [];
-        this.#buffered = 0;
-        if (out.length === 0) throw e;
-        return out;
-      }
-      if (this.#buffered < FRAME_HEADER_SIZE + length) break;
-      this.#take(FRAME_HEADER_SIZE);
-      out.push(this.#take(length));
+  }
+
+  /**
+   * The next complete payload, or null until more bytes come.
+   * @throws {FrameError} on a zero or oversize length (then on every call)
+   */
+  next(): Uint8Array | null {
+    if (this.#failed) throw this.#failed;
+    if (this.#buffered < FRAME_HEADER_SIZE) return null;
+    const header = this.#peek(FRAME_HEADER_SIZE);
+    const length = ((header[0] << 24) | (header[1] << 16) | (header[2] << 8) | header[3]) >>> 0;
+    try {
+      _checkLength(length, this.#maxFrameSize);
+    } catch (e) {
+      this.#failed = e as FrameError;
+      this.#chunks = [];
+      this.#buffered = 0;
+      throw e;
     }
-    return out;
+    if (this.#buffered < FRAME_HEADER_SIZE + length) return null;
+    this.#take(FRAME_HEADER_SIZE);
+    return this.#take(length);
   }
 
   /** The framing error met so far, if any; the decoder is unusable after one. */

@@ -218,6 +218,21 @@ export interface CloseStreamMessage {
   stream: "stdout" | "stderr";
 }
 
+/**
+ * Since 1.4 (server to manager): this manager no longer feeds the run's
+ * stdin: it is closed (by the application, by an end of input, for want
+ * of a manager), another manager took it over, or the run has none.
+ * Nothing more of it is accepted from this manager.
+ */
+export interface StdinClosedMessage {
+  /** Message type. */
+  type: "close_stream";
+  /** The run. */
+  run: string;
+  /** Always stdin. */
+  stream: "stdin";
+}
+
 /** Liveness probe without side effects. */
 export interface PingMessage {
   /** Message type. */
@@ -358,6 +373,7 @@ export type ServerMessage =
   | DataMessage
   | WindowMessage
   | ResumeMessage
+  | StdinClosedMessage
   | ErrorMessage;
 /** Any message. */
 export type Message = ClientMessage | ServerMessage;
@@ -748,6 +764,10 @@ export function decodeServerMessage(payload: Uint8Array): ServerMessage {
         stream,
         offset: _int(o, "offset", 0, Number.MAX_SAFE_INTEGER),
       };
+    }
+    case "close_stream": {
+      if (o.stream !== "stdin") _fail(`field "stream" must be stdin`);
+      return { type: "close_stream", run: _runId(o), stream: "stdin" };
     }
     case "hello":
       return { ..._hello(o), max_frame: _int(o, "max_frame", 1, 0xffffffff) };

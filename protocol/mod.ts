@@ -19,4 +19,5 @@ export * from "./version.ts";
 export * from "./features.ts";
 export * from "./exit_status.ts";
 export * from "./channel.ts";
+export * from "./stream_channels.ts";
 export * from "./read_ahead.ts";

@@ -15,7 +15,7 @@ export interface ProtocolVersion {
 }
 
 /** The version this code speaks. */
-export const PROTOCOL_VERSION: Readonly<ProtocolVersion> = Object.freeze({ major: 1, minor: 3 });
+export const PROTOCOL_VERSION: Readonly<ProtocolVersion> = Object.freeze({ major: 1, minor: 4 });
 
 /**
  * Decides whether we can talk to a peer and at which version.

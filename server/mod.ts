@@ -15,3 +15,4 @@ export { DEFAULT_POLICY, type LaunchPolicy } from "./policy.ts";
 export { DEFAULT_PATH } from "./program.ts";
 export { embedSupervisor, installSupervisor, SupervisorMissingError } from "./supervisor_binary.ts";
 export { StateDirError } from "./store.ts";
+export { ProtocolViolation, RequestError, UnknownRunError } from "./errors.ts";

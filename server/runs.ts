@@ -24,7 +24,7 @@ import {
   type StreamCounts,
 } from "./records.ts";
 import type { RunLock, RunStore, StoredRun } from "./store.ts";
-import { RunStreams } from "./streams.ts";
+import { RunStreams, STDIN_GRACE_MS } from "./streams.ts";
 import {
   LinkError,
   openInput,
@@ -93,6 +93,8 @@ export interface RunTableOptions {
   keepFinishedMs: number;
   /** Default grace period between SIGTERM and SIGKILL, in ms. */
   stopTimeoutMs: number;
+  /** A run's stdin with no manager to feed it for this long is closed, in ms (30 s by default). */
+  stdinGraceMs?: number;
   /** What may be launched. */
   policy: LaunchPolicy;
   /** Where runs are recorded. */
@@ -593,6 +595,13 @@ export class RunTable {
       stderr: err,
       stdin: withStdin ? "later" : null,
       closeOutput: (stream) => slot.link?.closeOutput(stream),
+      stdinGraceMs: this.#o.stdinGraceMs,
+      onStdinAbandoned: () =>
+        this.#o.logger.info(
+          `run ${run.id} (${run.name}): no manager has fed its stdin for ` +
+            `${(this.#o.stdinGraceMs ?? STDIN_GRACE_MS) / 1000} s; closing it (the application ` +
+            `reads its end)`,
+        ),
     });
     run.io = io;
     if (!withStdin) return;

@@ -31,6 +31,8 @@ interface PeerIdentity {
 export const DEFAULT_PORT = 5315;
 /** Default largest number of monitored processes. */
 export const DEFAULT_MAX_PROCESSES = 30;
+/** Default largest number of connections at once (see docs/cmappserver.md, "Limits"). */
+export const DEFAULT_MAX_CONNECTIONS = 256;
 /** Default time allowed for the TLS handshake, and then for the hello, in ms. */
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
 /** Default state directory. */
@@ -50,7 +52,7 @@ export interface ServerOptions {
   port?: number;
   /** Largest number of processes monitored at once; 30 by default. */
   maxProcesses?: number;
-  /** Largest number of connections at once (handshaking or not); 4096 by default. */
+  /** Largest number of connections at once (handshaking or not); 256 by default. */
   maxConnections?: number;
   /** Time allowed for the TLS handshake, and then for the hello; 10 s by default. */
   handshakeTimeoutMs?: number;
@@ -64,6 +66,8 @@ export interface ServerOptions {
   keepFinishedMs?: number;
   /** Default grace period between SIGTERM and SIGKILL when stopping a run; 10 s by default. */
   stopTimeoutMs?: number;
+  /** A run's stdin with no manager to feed it for this long is closed; 30 s by default. */
+  stdinGraceMs?: number;
   /** What may be launched; anything, as root's own user, by default. */
   policy?: Partial<LaunchPolicy>;
   /** Where events go; nowhere by default. */
@@ -111,7 +115,7 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
   const logger = options.logger ?? silentLogger;
   const maxFrameSize = options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE;
   const handshakeTimeoutMs = options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
-  const maxConnections = options.maxConnections ?? 4096;
+  const maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
   const store = await RunStore.open(options.stateDir);
   let supervisor: string;
   try {
@@ -150,6 +154,7 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
       onHandshakeError(address, reason) {
         logger.warn(`rejected connection from ${address}: ${reason}`);
       },
+      onListenerEvent: (message) => logger.warn(message),
       onSecureConnection(socket, peer) {
         if (peer.problem || !peer.fingerprint) {
           logger.warn(`rejected manager ${peer.address}: ${peer.problem}`);
@@ -180,6 +185,7 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
       keepFinished: options.keepFinished ?? 1000,
       keepFinishedMs: options.keepFinishedMs ?? 7 * 86400_000,
       stopTimeoutMs: options.stopTimeoutMs ?? 10_000,
+      stdinGraceMs: options.stdinGraceMs,
       policy: { ...DEFAULT_POLICY, ...options.policy },
       store,
       supervisor,

@@ -24,10 +24,23 @@ export interface StreamSink {
    */
   resume(stream: "stdin" | "stdout" | "stderr", offset: number): void;
   /**
-   * Sends bytes of `stream`; empty bytes mean end of stream. `bytes` is
-   * valid only during the call (its buffer is read into again): copy it.
+   * Bytes of `stream` that may be sent now: the receiver's credit, while
+   * its connection drains (0: wait for {@linkcode StreamSink.whenRoom}).
+   */
+  room(stream: "stdout" | "stderr"): number;
+  /** Settles when there may be room again (credit came, the connection drained or closed). */
+  whenRoom(stream: "stdout" | "stderr"): Promise<void>;
+  /**
+   * Sends bytes of `stream`, at most {@linkcode StreamSink.room}; empty
+   * bytes mean end of stream. `bytes` is valid only during the call (its
+   * buffer is read into again): copy it.
    */
   data(stream: "stdout" | "stderr", bytes: Uint8Array): void;
+  /**
+   * The run's stdin is closed for good (the application closed it, its
+   * supervisor is gone, or it was closed for want of a manager).
+   */
+  stdinClosed(): void;
 }
 
 /** Output reads are gathered into chunks of up to this many bytes (one data frame). */
@@ -46,7 +59,6 @@ class _Pump {
   #pending: Uint8Array | null;
   readonly #in: Gatherer | null;
   readonly #conn: Deno.UnixConn | null;
-  #credit = 0;
   #sink: StreamSink | null = null;
   #wake: (() => void) | null = null;
   #closed = false;
@@ -92,7 +104,6 @@ class _Pump {
   attach(sink: StreamSink | null): void {
     const prev = this.#sink;
     this.#sink = sink;
-    this.#credit = 0;
     clearTimeout(this.#holdTimer);
     if (sink) {
       sink.resume(this.name, this.#offset);
@@ -114,11 +125,6 @@ class _Pump {
     return this.#sink;
   }
 
-  grant(bytes: number): void {
-    this.#credit = Math.min(this.#credit + bytes, 2 ** 31);
-    this.#poke();
-  }
-
   /** The receiver is gone for good, or the run is forgotten: stop reading. */
   close(): void {
     if (this.#closed) return;
@@ -130,6 +136,10 @@ class _Pump {
     } catch {
       // closed already
     }
+    this.#poke();
+  }
+
+  poke(): void {
     this.#poke();
   }
 
@@ -149,9 +159,8 @@ class _Pump {
         if (this.#closed) return;
         if (!this.#pending) {
           // One read, and what the connection already holds after it, within the credit.
-          const limit = this.#sink && this.#credit > 0
-            ? Math.min(this.#credit, _GATHER_BYTES)
-            : _GATHER_BYTES;
+          const room = this.#sink?.room(this.name) ?? 0;
+          const limit = room > 0 ? Math.min(room, _GATHER_BYTES) : _GATHER_BYTES;
           const value = await this.#in!.next(limit);
           if (value === null) break;
           this.#pending = value;
@@ -168,16 +177,17 @@ class _Pump {
           this.#pending = null;
           continue;
         }
-        if (this.#credit <= 0) {
+        const room = sink.room(this.name);
+        if (room <= 0) {
+          // Back-pressure: the receiver's credit, or its connection's write queue.
           this.waitingForCredit = true;
-          await this.#sleep();
+          await Promise.race([this.#sleep(), sink.whenRoom(this.name)]);
           this.waitingForCredit = false;
           this.lastActivity = performance.now();
           continue;
         }
-        const n = Math.min(this.#credit, this.#pending.length);
+        const n = Math.min(room, this.#pending.length);
         sink.data(this.name, this.#pending.subarray(0, n));
-        this.#credit -= n;
         this.#offset += n;
         this.lastActivity = performance.now();
         this.#pending = n === this.#pending.length ? null : this.#pending.subarray(n);
@@ -217,7 +227,17 @@ export interface RunStreamsOptions {
   stdin: StdinSource | "later" | null;
   /** Tells the supervisor to close the application's end of an output. */
   closeOutput(stream: "stdout" | "stderr"): void;
+  /**
+   * With no receiver for this long, the application's stdin is closed (it
+   * reads its end), in ms; {@linkcode STDIN_GRACE_MS} by default.
+   */
+  stdinGraceMs?: number;
+  /** Told when stdin is closed for want of a receiver (to log it). */
+  onStdinAbandoned?(): void;
 }
+
+/** How long a run's stdin waits for a manager to come (back) before it is closed, by default. */
+export const STDIN_GRACE_MS = 30_000;
 
 /**
  * The streams of one run.
@@ -239,6 +259,11 @@ export class RunStreams {
   #stdinOffset = 0;
   #stdinClosed = false;
   #stdinWrites: Promise<unknown> = Promise.resolve();
+  readonly #stdinGraceMs: number;
+  readonly #onStdinAbandoned: () => void;
+  #stdinTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The grace with no receiver ran out before stdin was handed over: close it when it is. */
+  #stdinAbandoned = false;
   #closed = false;
   /** What the supervisor says the application wrote in all, once the run has ended. */
   #final: { stdout: number | null; stderr: number | null } | null = null;
@@ -249,8 +274,13 @@ export class RunStreams {
     this.#err = new _Pump("stderr", options.stderr);
     this.#closeOutput = options.closeOutput;
     this.#hasStdin = options.stdin !== null;
+    this.#stdinGraceMs = options.stdinGraceMs ?? STDIN_GRACE_MS;
+    this.#onStdinAbandoned = options.onStdinAbandoned ?? (() => {});
     if (options.stdin && options.stdin !== "later") this.setStdin(options.stdin);
     if (!this.#hasStdin) this.#stdinClosed = true;
+    // No receiver yet (a new run's attaches at once; one taken over from an earlier
+    // cmappserver waits for its manager to come back).
+    this.#graceStdin();
   }
 
   /**
@@ -292,13 +322,41 @@ export class RunStreams {
       } catch {
         // closed already
       }
-      if (!source) this.#stdinClosed = true;
+      if (!source) this.#stdinEnded();
       return;
     }
     this.#stdin = source.conn;
     this.#stdinOffset = source.accepted;
+    if (this.#stdinAbandoned) {
+      void this.writeStdin(new Uint8Array(0));
+      return;
+    }
     const sink = this.#out.sink;
     if (sink) this.#announceStdin(sink);
+  }
+
+  /**
+   * With no receiver, the application's stdin is closed after the grace
+   * period: it reads its end instead of waiting for ever for a manager that
+   * is gone. A receiver that attaches within it feeds on.
+   */
+  #graceStdin(): void {
+    clearTimeout(this.#stdinTimer);
+    if (this.#stdinClosed || this.#closed || this.#out.sink) return;
+    this.#stdinTimer = setTimeout(() => {
+      if (this.#stdinClosed || this.#closed || this.#out.sink) return;
+      this.#onStdinAbandoned();
+      if (this.#stdin) void this.writeStdin(new Uint8Array(0));
+      else this.#stdinAbandoned = true;
+    }, this.#stdinGraceMs);
+  }
+
+  /** Stdin is closed for good: the receiver is told (it feeds it no more). */
+  #stdinEnded(): void {
+    if (this.#stdinClosed) return;
+    this.#stdinClosed = true;
+    clearTimeout(this.#stdinTimer);
+    this.#out.sink?.stdinClosed();
   }
 
   /**
@@ -306,9 +364,15 @@ export class RunStreams {
    * (what they carry counts as taken), and only if it is still the receiver.
    */
   #announceStdin(sink: StreamSink): void {
-    if (!this.#stdin) return;
+    if (!this.#hasStdin) {
+      sink.stdinClosed();
+      return;
+    }
+    if (!this.#stdin && !this.#stdinClosed) return; // told once it is handed over
     this.#stdinWrites.then(() => {
-      if (this.#out.sink === sink && !this.#closed) sink.resume("stdin", this.#stdinOffset);
+      if (this.#out.sink !== sink || this.#closed) return;
+      if (this.#stdinClosed) sink.stdinClosed();
+      else sink.resume("stdin", this.#stdinOffset);
     });
   }
 
@@ -318,9 +382,15 @@ export class RunStreams {
    * once it can be fed.
    */
   attach(sink: StreamSink | null): void {
+    const prev = this.#out.sink;
     this.#out.attach(sink);
     this.#err.attach(sink);
-    if (sink) this.#announceStdin(sink);
+    // A receiver that is replaced feeds stdin no more.
+    if (prev && prev !== sink && this.#hasStdin && !this.#stdinClosed) prev.stdinClosed();
+    if (sink) {
+      clearTimeout(this.#stdinTimer);
+      this.#announceStdin(sink);
+    } else this.#graceStdin();
   }
 
   /** Detaches `sink` if it is the current one. */
@@ -328,9 +398,10 @@ export class RunStreams {
     if (this.#out.sink === sink) this.attach(null);
   }
 
-  /** The receiver allows `bytes` more of `stream`. */
-  grant(stream: "stdout" | "stderr", bytes: number): void {
-    (stream === "stdout" ? this.#out : this.#err).grant(bytes);
+  /** The receiver's room for `stream` may have grown (credit, a drained connection). */
+  poke(): void {
+    this.#out.poke();
+    this.#err.poke();
   }
 
   /** The receiver closed `stream`: close the application's end. */
@@ -347,7 +418,10 @@ export class RunStreams {
    */
   async writeStdin(bytes: Uint8Array): Promise<boolean> {
     if (!this.#stdin || this.#stdinClosed) return false;
-    if (bytes.length === 0) this.#stdinClosed = true;
+    if (bytes.length === 0) {
+      this.#stdinClosed = true;
+      clearTimeout(this.#stdinTimer);
+    }
     const conn = this.#stdin;
     const frame = frameStdin(bytes);
     const write = this.#stdinWrites.then(async () => {
@@ -359,7 +433,7 @@ export class RunStreams {
       await write;
       return true;
     } catch {
-      this.#stdinClosed = true;
+      this.#stdinEnded();
       return false;
     }
   }
@@ -411,6 +485,7 @@ export class RunStreams {
   /** Stops everything (the run is forgotten, or cmappserver is closing). */
   close(): void {
     this.#closed = true;
+    clearTimeout(this.#stdinTimer);
     this.#out.close();
     this.#err.close();
     this.#stdinClosed = true;

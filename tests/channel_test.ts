@@ -7,7 +7,9 @@ import assert from "node:assert/strict";
 import { EventEmitter } from "node:events";
 import fc from "fast-check";
 import {
+  BufferLimitError,
   type ByteStream,
+  channelLimits,
   type ClientMessage,
   decodeClientMessage,
   decodeServerMessage,
@@ -39,7 +41,15 @@ class FakeStream extends EventEmitter implements ByteStream {
   readonly writes: Uint8Array[] = [];
   /** Emit "close" at once when destroyed, as a socket would (soon after). */
   closeOnDestroy = false;
+  /** Bytes "queued" in the socket: set by a test to play a peer that does not read. */
+  writableLength = 0;
 
+  pause(): void {
+    this.calls.push("pause");
+  }
+  resume(): void {
+    this.calls.push("resume");
+  }
   write(data: Uint8Array): boolean {
     this.calls.push("write");
     this.writes.push(data.slice());
@@ -59,7 +69,7 @@ class FakeStream extends EventEmitter implements ByteStream {
 
 type Event =
   | { kind: "message"; message: Message }
-  | { kind: "invalid"; error: FrameError | ProtocolError }
+  | { kind: "invalid"; error: FrameError | ProtocolError | BufferLimitError }
   | { kind: "close"; error: Error | null };
 
 /** A server-side channel (reads client messages) over a fresh fake stream. */
@@ -105,7 +115,7 @@ const PONG: ServerMessage = { type: "pong", id: 1 };
 
 // ---------------------------------------------------------------- sending
 
-Deno.test("channel: send() makes exactly one write per message, header and payload together", () => {
+Deno.test("channel: send() makes one write per message, header and payload together", async () => {
   const { stream, channel } = serverSide();
   const sent: ServerMessage[] = [
     PONG,
@@ -116,6 +126,7 @@ Deno.test("channel: send() makes exactly one write per message, header and paylo
   ];
   for (const [i, m] of sent.entries()) {
     channel.send(m);
+    await Promise.resolve(); // small frames go out at the end of the turn
     assert.equal(stream.count("write"), i + 1);
   }
   assert.deepEqual(stream.calls, ["write", "write", "write", "write"]);
@@ -133,7 +144,25 @@ Deno.test("channel: send() makes exactly one write per message, header and paylo
   }
 });
 
-Deno.test("channel: send() of a message over the frame limit throws and writes nothing", () => {
+Deno.test("channel: small messages of one turn go out in one write, in order with large ones", async () => {
+  const { stream, channel } = serverSide();
+  const big: ServerMessage = {
+    type: "data",
+    run: "abc",
+    stream: "stdout",
+    data: new Uint8Array(32 * 1024).fill(7),
+  };
+  const sent: ServerMessage[] = [PONG, { type: "launched", id: 2, run: "abc", pid: 42 }, big, PONG];
+  for (const m of sent) channel.send(m);
+  // The two small frames are flushed before the large one, which is written at once.
+  assert.equal(stream.count("write"), 2);
+  await Promise.resolve();
+  assert.equal(stream.count("write"), 3);
+  const out = new FrameDecoder().push(concat(stream.writes)).map(decodeServerMessage);
+  assert.deepEqual(out, sent);
+});
+
+Deno.test("channel: send() of a message over the frame limit throws and writes nothing", async () => {
   const { stream, channel } = serverSide(64);
   let caught: unknown;
   try {
@@ -146,6 +175,7 @@ Deno.test("channel: send() of a message over the frame limit throws and writes n
   assert.equal(stream.count("write"), 0);
   // A message that fits still goes out.
   channel.send(PONG);
+  await Promise.resolve();
   assert.equal(stream.count("write"), 1);
 });
 
@@ -158,6 +188,7 @@ Deno.test("channel: sendAndClose() writes, then ends", () => {
     code: "protocol",
     message: "bye",
   });
+  stream.emit("close");
 });
 
 Deno.test("channel: close() ends, destroy() destroys", () => {
@@ -166,6 +197,7 @@ Deno.test("channel: close() ends, destroy() destroys", () => {
   assert.deepEqual(stream.calls, ["end"]);
   channel.destroy();
   assert.deepEqual(stream.calls, ["end", "destroy"]);
+  stream.emit("close");
 });
 
 // ---------------------------------------------------------------- receiving
@@ -342,13 +374,13 @@ Deno.test("channel: closing from onMessage stops delivery of the rest of the chu
 
 // ---------------------------------------------------------------- properties
 
-Deno.test("property: messages sent by one channel are received by another, however chunked", () => {
-  fc.assert(
-    fc.property(
+Deno.test("property: messages sent by one channel are received by another, however chunked", async () => {
+  await fc.assert(
+    fc.asyncProperty(
       fc.array(clientMessageArb, { maxLength: 8 }),
       fc.array(fc.nat(), { maxLength: 16 }),
       fc.boolean(),
-      (sent, cuts, byByte) => {
+      async (sent, cuts, byByte) => {
         // A manager-side channel sends...
         const out = new FakeStream();
         const sender = new MessageChannel<ServerMessage, ClientMessage>(out, decodeServerMessage, {
@@ -357,7 +389,8 @@ Deno.test("property: messages sent by one channel are received by another, howev
           onClose: () => {},
         });
         for (const m of sent) sender.send(m);
-        assert.equal(out.writes.length, sent.length);
+        await Promise.resolve(); // the turn's small frames are written together
+        assert.ok(out.writes.length <= sent.length);
         // ...and a server-side one receives the bytes, cut anywhere.
         const { stream, messages, invalids, closes } = serverSide();
         const bytes = concat(out.writes);
@@ -411,6 +444,7 @@ Deno.test({
     stream.emit("data", concat([frameOf(PING), frameOf(LAUNCH)]));
     assert.deepEqual(messages(), [PING]);
     assert.deepEqual(stream.calls, ["write", "end"]);
+    stream.emit("close");
   },
 });
 
@@ -426,4 +460,64 @@ Deno.test("channel: a stream already closed when the channel is made reports clo
   assert.deepEqual(closes, [null]);
   stream.emit("close");
   assert.deepEqual(closes, [null]);
+});
+
+// ------------------------------------------------------- back-pressure, limits
+
+Deno.test("channel: not writable while the write queue is over its high-water mark; whenWritable settles on drain", async () => {
+  const { stream, channel } = serverSide();
+  assert.equal(channel.writable, true);
+  stream.writableLength = channelLimits().writeHighWater;
+  assert.equal(channel.send(PONG), false);
+  assert.equal(channel.writable, false);
+  // Reading pauses: no more requests come in to be answered.
+  assert.equal(stream.count("pause"), 1);
+  let woken = false;
+  const w = channel.whenWritable().then(() => woken = true);
+  await Promise.resolve();
+  assert.equal(woken, false);
+  stream.writableLength = 0;
+  stream.emit("drain");
+  await w;
+  assert.equal(woken, true);
+  assert.equal(stream.count("resume"), 1);
+});
+
+Deno.test("channel: requests held by the owner pause reading past the read high-water mark; data held does not", () => {
+  const { stream, channel } = serverSide();
+  const hw = channelLimits().readHighWater;
+  channel.hold(hw, false);
+  assert.equal(stream.count("pause"), 0);
+  channel.hold(hw);
+  assert.equal(stream.count("pause"), 1);
+  channel.release(1);
+  assert.equal(stream.count("resume"), 1);
+  assert.equal(channel.buffered, 2 * hw - 1);
+});
+
+Deno.test("channel: past the buffer limit the owner hears BufferLimitError, once", () => {
+  const { stream, channel, invalids } = serverSide();
+  const limits = channelLimits();
+  stream.writableLength = limits.maxBuffered;
+  channel.hold(1);
+  const errors = invalids();
+  assert.equal(errors.length, 1);
+  assert.ok(errors[0] instanceof BufferLimitError, String(errors[0]));
+  assert.equal((errors[0] as BufferLimitError).limit, limits.maxBuffered);
+  channel.hold(1);
+  assert.equal(invalids().length, 1);
+});
+
+Deno.test("channel: the limit follows the frame size: 2 frames and 2 MiB", () => {
+  assert.equal(channelLimits(1024 * 1024).maxBuffered, 4 * 1024 * 1024);
+  assert.equal(channelLimits(8 * 1024 * 1024).maxBuffered, 18 * 1024 * 1024);
+});
+
+Deno.test("channel: a peer that does not take the last writes of a close is dropped", async () => {
+  const { stream, channel } = serverSide();
+  channel.close();
+  assert.equal(stream.count("destroy"), 0);
+  await new Promise((r) => setTimeout(r, 2100));
+  assert.equal(stream.count("destroy"), 1);
+  stream.emit("close");
 });

@@ -97,10 +97,10 @@ class Fixture {
     this.server = server;
   }
 
-  static async create(): Promise<Fixture> {
+  static async create(serverArgs: string[] = []): Promise<Fixture> {
     const keys = await makeKeys();
     try {
-      const server = await startServerProcess(keys.server);
+      const server = await startServerProcess(keys.server, serverArgs);
       const f = new Fixture(keys, server);
       await Deno.mkdir(f.dir);
       return f;
@@ -583,7 +583,7 @@ Deno.test("output trickling out of a running application arrives while it runs",
   }
 });
 
-Deno.test("stdin credit: 1 MiB at first, then 512 KiB back once that much is in the application's pipe", async () => {
+Deno.test("stdin credit: 256 KiB at first, then back a quarter at a time once in the application's pipe", async () => {
   const f = await Fixture.create();
   const conn = await rawTls(f.keys.manager, f.server.port);
   try {
@@ -606,13 +606,109 @@ Deno.test("stdin credit: 1 MiB at first, then 512 KiB back once that much is in 
         if (m.type === "window" && m.stream === "stdin") return m.bytes;
       }
     };
-    assert.equal(await nextStdinWindow(), 1024 * 1024, "the first grant");
-    const chunk = new Uint8Array(64 * 1024);
-    for (let i = 0; i < 8; i++) send({ type: "data", run, stream: "stdin", data: chunk });
-    assert.equal(await nextStdinWindow(), 512 * 1024, "the credit of the bytes written back");
+    assert.equal(await nextStdinWindow(), 256 * 1024, "the first grant");
+    const chunk = new Uint8Array(16 * 1024);
+    for (let i = 0; i < 4; i++) send({ type: "data", run, stream: "stdin", data: chunk });
+    assert.equal(await nextStdinWindow(), 64 * 1024, "the credit of the bytes written back");
     send({ type: "data", run, stream: "stdin", data: new Uint8Array(0) }); // cat ends
   } finally {
     await conn.close();
+    await f.cleanup();
+  }
+});
+
+// ------------------------------------------------------------ stdin's lifecycle
+
+/** Reads `stream` until its text matches `re`; resolves with all of it (the rest is left). */
+async function readUntil(stream: ReadableStream<Uint8Array>, re: RegExp): Promise<string> {
+  const reader = stream.getReader();
+  const d = new TextDecoder();
+  let text = "";
+  try {
+    while (!re.test(text)) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`output ended before ${re}: ${JSON.stringify(text)}`);
+      text += d.decode(value, { stream: true });
+    }
+    return text;
+  } finally {
+    reader.releaseLock();
+  }
+}
+
+Deno.test("a -stdin run whose cmappmgr is gone reads end of file after -stdin_grace; its status reaches the next manager", async () => {
+  const f = await Fixture.create(["-stdin_grace", "1"]);
+  try {
+    const argv = ["sh", "-c", "cat >/dev/null; exit 5"];
+    const first = f.mgr(argv, { stdin: true, flags: ["-stdin", "-service_name", "grace"] });
+    const w = first.child.stdin.getWriter();
+    await w.write(new TextEncoder().encode("some input, and no end of file\n"));
+    await f.server.waitForLog(/started run .* \(grace\)/, 20_000);
+    first.child.kill("SIGKILL");
+    await first.status;
+    await w.close().catch(() => {});
+    // Nobody feeds it: the application is given its end of file, and exits.
+    await f.server.waitForLog(
+      /run \S+ \(grace\): no manager has fed its stdin for 1 s; closing it/,
+      20_000,
+    );
+    const next = f.mgr(argv, { flags: ["-service_name", "grace"] });
+    await next.child.stdout.cancel();
+    assert.equal((await next.status).code, 5, await next.stderr);
+  } finally {
+    await f.cleanup();
+  }
+});
+
+Deno.test("a manager that attaches with -stdin takes the input over from one that is gone", async () => {
+  // The default grace (30 s): the run's stdin stays open for the next manager.
+  const f = await Fixture.create();
+  try {
+    const argv = [
+      "sh",
+      "-c",
+      'while read l; do echo "got:$l"; [ "$l" = end ] && exit 3; done; exit 9',
+    ];
+    const flags = ["-stdin", "-service_name", "feed"];
+    const first = f.mgr(argv, { stdin: true, flags });
+    const w1 = first.child.stdin.getWriter();
+    await w1.write(new TextEncoder().encode("one\n"));
+    await readUntil(first.child.stdout, /got:one/);
+    first.child.kill("SIGKILL");
+    await first.status;
+    await w1.close().catch(() => {});
+    await first.child.stdout.cancel();
+    const second = f.mgr(argv, { stdin: true, flags });
+    const out = readAll(second.child.stdout);
+    const w2 = second.child.stdin.getWriter();
+    await w2.write(new TextEncoder().encode("two\nend\n"));
+    await w2.close();
+    const text = new TextDecoder().decode(await out);
+    // The input of the second manager reached the application, which ended on it (exit 3;
+    // an end of file instead would give 9).
+    assert.match(text, /got:two\ngot:end\n/);
+    assert.equal((await second.status).code, 3, await second.stderr);
+  } finally {
+    await f.cleanup();
+  }
+});
+
+Deno.test("attaching with -stdin to a run that takes no input says so, and still gets its status", async () => {
+  const f = await Fixture.create();
+  try {
+    const argv = ["sh", "-c", "sleep 1; exit 4"];
+    const first = f.mgr(argv, { flags: ["-service_name", "noinput"] });
+    await f.server.waitForLog(/started run .* \(noinput\)/, 20_000);
+    const second = f.mgr(argv, { stdin: true, flags: ["-stdin", "-service_name", "noinput"] });
+    const w = second.child.stdin.getWriter();
+    await w.write(new TextEncoder().encode("input nobody takes\n")).catch(() => {});
+    await second.child.stdout.cancel();
+    assert.equal((await second.status).code, 4);
+    await w.close().catch(() => {});
+    assert.match(await second.stderr, /stdin: cmappserver takes no more of it for run \S+/);
+    await first.child.stdout.cancel();
+    assert.equal((await first.status).code, 4);
+  } finally {
     await f.cleanup();
   }
 });

@@ -10,6 +10,7 @@ import tls from "node:tls";
 import type { AddressInfo } from "node:net";
 import { certificateFromDer, type CertificateInfo, certificateProblem } from "./certificate.ts";
 import type { Identity, TrustStore } from "./keydir.ts";
+import { type AcceptWatchdog, watchAccepts } from "./_accept_watchdog.ts";
 
 /** The TLS socket type handed to upper layers. */
 export type TlsSocket = tls.TLSSocket;
@@ -36,6 +37,38 @@ type _Raw = _Peer & {
   /** Our close handler, kept to remove it when we count the socket out ourselves. */
   _cmappClosed?: () => void;
 };
+
+/** The TCP handle under a server-side TLS socket, as Deno 2.9's node:tls builds it. */
+type _TcpHandle = { readStop?(): number; readStart?(): number };
+
+/**
+ * Makes `pause()` hold the peer back. Deno 2.9's node:tls goes on reading
+ * from TCP while its TLS socket is paused, and buffers whatever the peer
+ * sends (a peer that writes and never reads its answers grew a server by
+ * 60 MiB in 3 s); stopping the TCP handle under it leaves the bytes in the
+ * kernel, and the peer's writes back up. Only a pause of ours is undone.
+ */
+function _pauseForReal(sock: tls.TLSSocket): void {
+  const tcp = (sock as unknown as { _parent?: { _handle?: _TcpHandle } })._parent?._handle;
+  if (typeof tcp?.readStop !== "function" || typeof tcp.readStart !== "function") return;
+  const pause = sock.pause.bind(sock);
+  const resume = sock.resume.bind(sock);
+  let stopped = false;
+  sock.pause = () => {
+    if (!stopped && !sock.destroyed) {
+      stopped = true;
+      tcp.readStop!();
+    }
+    return pause();
+  };
+  sock.resume = () => {
+    if (stopped && !sock.destroyed) {
+      stopped = false;
+      tcp.readStart!();
+    }
+    return resume();
+  };
+}
 
 function _address(sock: _Peer): string {
   // Before the handshake completes, Node's TLS socket may not know the
@@ -88,6 +121,8 @@ export interface TlsListenOptions {
   onSecureConnection(socket: TlsSocket, peer: PeerCheck): void;
   /** A handshake failed (garbage, plaintext, untrusted certificate, timeout). */
   onHandshakeError(address: string, reason: string): void;
+  /** The listener itself: it stopped accepting (out of file descriptors), it listens again. */
+  onListenerEvent?(message: string): void;
 }
 
 /** A listening mutual-TLS server. */
@@ -173,6 +208,7 @@ export function listenTls(options: TlsListenOptions): Promise<TlsListener> {
     const raw = (sock as _Peer)._parent as _Raw | undefined;
     if (raw) handshaking.delete(raw);
     sock.setNoDelay(true);
+    _pauseForReal(sock);
     // Errors after this point belong to the connection's owner; until it
     // attaches, keep an unhandled one from crashing the process.
     sock.on("error", () => {});
@@ -190,9 +226,10 @@ export function listenTls(options: TlsListenOptions): Promise<TlsListener> {
       },
     );
   });
+  let watchdog: AcceptWatchdog | null = null;
   server.on("tlsClientError", (err: Error, sock: tls.TLSSocket) => {
     const parent = (sock as _Peer | undefined)?._parent;
-    if (parent && dropped.has(parent)) {
+    if ((parent && dropped.has(parent)) || watchdog?.isProbe(parent?.remotePort)) {
       sock.destroy();
       return;
     }
@@ -205,6 +242,12 @@ export function listenTls(options: TlsListenOptions): Promise<TlsListener> {
       server.off("error", reject);
       server.on("error", () => {});
       const addr = server.address() as AddressInfo;
+      watchdog = watchAccepts(
+        server,
+        options.hostname,
+        addr.port,
+        (m) => options.onListenerEvent?.(m),
+      );
       resolve({
         hostname: addr.address,
         port: addr.port,
@@ -216,7 +259,10 @@ export function listenTls(options: TlsListenOptions): Promise<TlsListener> {
             ca: next.pems,
           });
         },
-        close: () => new Promise<void>((res) => server.close(() => res())),
+        close: () => {
+          watchdog?.stop();
+          return new Promise<void>((res) => server.close(() => res()));
+        },
       });
     });
   });
