@@ -464,6 +464,17 @@ export function renderMarkdown(r: Json): string {
         mib(t.ssh?.peakHwmKiB),
         ratio(t.cmappmgr?.peakHwmKiB, t.ssh?.peakHwmKiB),
       );
+      // Issue 13's target: at most 16 MiB above the program's own idle peak.
+      const above = (streaming?: number, idle?: number) =>
+        streaming !== undefined && idle !== undefined ? streaming - idle : undefined;
+      const mgrAbove = above(t.cmappmgr?.peakHwmKiB, G.followingSleep2?.cmappmgr?.peakHwmKiB);
+      const sshAbove = above(t.ssh?.peakHwmKiB, G.followingSleep2?.ssh?.peakHwmKiB);
+      row(
+        "… streaming stdout, above the `sleep 2` peak (target: at most 16 MiB)",
+        mib(mgrAbove),
+        mib(sshAbove),
+        ratio(mgrAbove, sshAbove),
+      );
     }
   }
   const m = r.meta ?? {};

@@ -7,8 +7,6 @@
  * @module
  */
 
-import { concatBytes } from "../protocol/read_ahead.ts";
-
 /** What a {@linkcode BatchWriter} writes to: `Deno.stdout`, `Deno.stderr`, a file. */
 export interface ByteWriter {
   /** Writes some of `p`; resolves with how many bytes were written. */
@@ -46,6 +44,8 @@ export class BatchWriter {
   #error: unknown = null;
   #failed = false;
   #waiters: { resolve(): void; reject(e: unknown): void }[] = [];
+  /** Where queued chunks are merged: allocated at the first merge, then reused. */
+  #merged: Uint8Array | null = null;
 
   /**
    * @param writer where the bytes go
@@ -96,7 +96,9 @@ export class BatchWriter {
           batch.push(c);
           size += c.length;
         }
-        let rest = concatBytes(batch, size);
+        // One kept buffer (a write completes before the next merge): a new one per write would
+        // be garbage that only a collection frees, and the runtime collects it late.
+        let rest = batch.length === 1 ? batch[0] : this.#merge(batch, size);
         while (rest.length > 0) rest = rest.subarray(await this.#writer.write(rest));
         this.#held -= size;
         if (this.#held <= this.#limit) this.#release(null);
@@ -110,6 +112,16 @@ export class BatchWriter {
     } finally {
       this.#pump = null;
     }
+  }
+
+  #merge(parts: Uint8Array[], size: number): Uint8Array {
+    this.#merged ??= new Uint8Array(this.#limit);
+    let off = 0;
+    for (const p of parts) {
+      this.#merged.set(p, off);
+      off += p.length;
+    }
+    return this.#merged.subarray(0, size);
   }
 
   #release(error: unknown): void {

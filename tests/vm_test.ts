@@ -14,7 +14,7 @@ import { makeKeys, type MgrResult, runMgr, startMgrProcess } from "./_harness.ts
 import { testOrSkip } from "./_skip.ts";
 import { bootGuest, type Guest, vmSkipReason } from "./_vm.ts";
 import { bundleProgram } from "../tools/build.ts";
-import { ROOT } from "../tools/_programs.ts";
+import { ROOT, RUNTIME_FLAGS } from "../tools/_programs.ts";
 
 const FILE = "vm_test";
 const skip = await vmSkipReason();
@@ -34,7 +34,9 @@ done
 echo "guest: checked for helper programs"
 while :; do
   deno run -q --no-prompt --cached-only --config /opt/cmapp/deno.json -P=cmapp \\
-    /opt/cmapp/cmappserver.js -keydir /etc/cmappserver -statedir /var/lib/cmappserver \\
+    ${
+  RUNTIME_FLAGS.cmappserver.join(" ")
+} /opt/cmapp/cmappserver.js -keydir /etc/cmappserver -statedir /var/lib/cmappserver \\
     -config /dev/null -loglevel debug 2>&1 &
   echo $! > /run/cmappserver.pid
   wait $!

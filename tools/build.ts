@@ -15,7 +15,7 @@
  * @module
  */
 
-import { ROOT } from "./_programs.ts";
+import { ROOT, RUNTIME_FLAGS } from "./_programs.ts";
 import { buildSupervisor, NoCompilerError, SUPERVISOR_ARCHES } from "./supervisor.ts";
 
 const PROGRAMS = ["cmappserver", "cmappmgr"] as const;
@@ -104,7 +104,11 @@ async function bundle(): Promise<number> {
     }
     console.log(`${out}  ${mb((await Deno.stat(`${ROOT}/${out}`)).size)}`);
   }
-  console.log(`run with: deno run --cached-only -P=cmapp --config deno.json dist/cmappserver.js`);
+  console.log(
+    `run with: deno run --cached-only -P=cmapp ${
+      RUNTIME_FLAGS.cmappserver.join(" ")
+    } --config deno.json dist/cmappserver.js`,
+  );
   return 0;
 }
 
@@ -123,6 +127,7 @@ async function build(): Promise<number> {
           "-q",
           "--no-prompt",
           "-P=cmapp",
+          ...RUNTIME_FLAGS[p],
           "--target",
           t.triple,
           "-o",
