@@ -401,6 +401,25 @@ function spawnMgr(args: string[]): Deno.ChildProcess {
   }).spawn();
 }
 
+/** A process's RLIMIT_NOFILE, [soft, hard] (prlimit: Deno reads no other process's /proc). */
+async function nofileOf(pid: number): Promise<[number, number]> {
+  const out = await new Deno.Command("prlimit", {
+    args: ["--pid", String(pid), "--nofile", "--output", "SOFT,HARD", "--noheadings"],
+    stdout: "piped",
+  }).output();
+  const [soft, hard] = new TextDecoder().decode(out.stdout).trim().split(/\s+/).map(Number);
+  return [soft, hard];
+}
+
+Deno.test("the init script and the systemd unit give cmappserver the same RLIMIT_NOFILE", async () => {
+  const unit = await Deno.readTextFile(`${ROOT}/dist/systemd/cmappserver.service`);
+  const script = await Deno.readTextFile(INIT);
+  const unitLimit = /^LimitNOFILE=(\d+)$/m.exec(unit)?.[1];
+  const scriptLimit = /^NOFILE=(\d+)$/m.exec(script)?.[1];
+  assert.ok(unitLimit && scriptLimit, "both set one");
+  assert.equal(scriptLimit, unitLimit);
+});
+
 for (const variant of ["start-stop-daemon", "plain sh"] as const) {
   const reason = variant === "start-stop-daemon"
     ? missing("start-stop-daemon", "setsid")
@@ -423,7 +442,7 @@ for (const variant of ["start-stop-daemon", "plain sh"] as const) {
         const args = `-config /dev/null -keydir ${keys.server} -statedir ${d}/state ` +
           `-bind 127.0.0.1 -port 0`;
         const defaults = `DAEMON=${d}/daemon\nDAEMON_ARGS="${args}"\nDAEMON_OUTPUT=${log}\n` +
-          `START_WAIT=1\nSTOP_TIMEOUT=20\n` +
+          `START_WAIT=1\nSTOP_TIMEOUT=20\nNOFILE=4000\n` +
           (variant === "plain sh" ? "START_STOP_DAEMON=\n" : "");
         await Deno.writeTextFile(`${d}/default`, defaults);
         assert.equal((await init("status")).code, 3, "status before the first start");
@@ -434,6 +453,8 @@ for (const variant of ["start-stop-daemon", "plain sh"] as const) {
         assert.equal(started.code, 0, started.stdout + started.stderr);
         const pid = +(await Deno.readTextFile(`${d}/cmappserver.pid`)).trim();
         assert.ok(alive(pid));
+        // NOFILE from the defaults file is the daemon's RLIMIT_NOFILE, soft and hard.
+        assert.deepEqual(await nofileOf(pid), [4000, 4000]);
         const st = await init("status");
         assert.equal(st.code, 0, st.stdout);
         assert.match(st.stdout, new RegExp(`running \\(pid ${pid}\\)`));
@@ -494,6 +515,17 @@ for (const variant of ["start-stop-daemon", "plain sh"] as const) {
         assert.equal(stale.code, 1, stale.stdout);
         // ... which start replaces.
         assert.equal((await init("start")).code, 0);
+        assert.equal((await init("stop")).code, 0);
+
+        // An open-file limit above what may be had (above the kernel's nr_open, so even root
+        // cannot): the daemon starts with the hard limit, and the script says so.
+        await Deno.writeTextFile(`${d}/default`, defaults + `NOFILE=2147483647\n`);
+        const capped = await init("start");
+        assert.equal(capped.code, 0, capped.stdout + capped.stderr);
+        assert.match(capped.stderr, /cannot raise the open-file limit to 2147483647; using \d+/);
+        const cappedPid = +(await Deno.readTextFile(`${d}/cmappserver.pid`)).trim();
+        const [soft, hard] = await nofileOf(cappedPid);
+        assert.equal(soft, hard);
         assert.equal((await init("stop")).code, 0);
 
         // A bad configuration: start fails, with the reason (given time to
