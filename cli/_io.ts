@@ -4,6 +4,9 @@
  * @module
  */
 
+import type { LogLevel } from "../log/logger.ts";
+import { forStderr } from "../log/sinks.ts";
+
 const _encoder = new TextEncoder();
 
 function _writeAll(w: { writeSync(p: Uint8Array): number }, text: string): void {
@@ -20,7 +23,10 @@ export function printOut(text: string): void {
   _writeAll(Deno.stdout, text);
 }
 
-/** Writes `text` to stderr. */
-export function printErr(text: string): void {
-  _writeAll(Deno.stderr, text);
+/**
+ * Writes a message of ours to stderr; under the journal each line carries
+ * the priority of `level` (an error by default).
+ */
+export function printErr(text: string, level: LogLevel = "error"): void {
+  _writeAll(Deno.stderr, forStderr(text, level));
 }

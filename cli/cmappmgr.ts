@@ -8,7 +8,14 @@
  */
 
 import { createLogger, type Logger, type LogLevel } from "../log/logger.ts";
-import { FileSink, type LogSink, stderrSink, SyslogSink } from "../log/sinks.ts";
+import {
+  FileSink,
+  journalSink,
+  type LogSink,
+  stderrIsJournal,
+  stderrSink,
+  SyslogSink,
+} from "../log/sinks.ts";
 import {
   describeExit,
   formatVersion,
@@ -148,6 +155,8 @@ interface _Config {
   hostlogfile: string;
   level: LogLevel;
   syslog: boolean;
+  /** -syslog was given: a host without syslog is then worth a warning. */
+  syslogAsked: boolean;
   verb: "run" | "list" | "ping";
   json: boolean;
   argv: string[];
@@ -211,6 +220,7 @@ async function _parse(args: string[]): Promise<_Config | number> {
     hostlogfile: s.string("hostlogfile", ""),
     level,
     syslog: s.bool("syslog", true),
+    syslogAsked: s.has("syslog"),
     verb,
     json: values.json === true,
     argv: rest,
@@ -302,19 +312,15 @@ function _logger(
   cfg: _Config,
 ): { logger: Logger; quiet: Logger; reopen(): void; close(): Promise<void> } {
   const file = cfg.hostlogfile ? new FileSink(cfg.hostlogfile) : null;
-  let syslog: SyslogSink | null = null;
-  if (cfg.syslog) {
-    try {
-      Deno.statSync("/dev/log");
-      syslog = new SyslogSink(PROGRAM);
-    } catch {
-      // No syslog on this host: nothing to send to.
-    }
-  }
+  // Under journald, stderr is the system log already: every level goes there, with its priority,
+  // and syslog would only be a second copy of each line.
+  const journal = stderrIsJournal();
+  const syslog = cfg.syslog && !journal ? new SyslogSink(PROGRAM, !cfg.syslogAsked) : null;
   const quietSinks: LogSink[] = [];
   if (file) quietSinks.push(file);
   if (syslog) quietSinks.push(syslog);
-  const sinks = [{ sink: stderrSink, level: "warn" as LogLevel }, ...quietSinks];
+  const err = journal ? journalSink : stderrSink;
+  const sinks = [{ sink: err, level: journal ? cfg.level : "warn" as LogLevel }, ...quietSinks];
   const prefix = cfg.serviceName ? `[${cfg.serviceName}] ` : "";
   return {
     logger: createLogger({ program: PROGRAM, level: cfg.level, sinks, prefix }),

@@ -11,7 +11,7 @@
  */
 
 import { createLogger, type LogLevel } from "../log/logger.ts";
-import { FileSink, type LogSink, stderrSink, SyslogSink } from "../log/sinks.ts";
+import { FileSink, type LogSink, stderrLogSink, stderrSink, SyslogSink } from "../log/sinks.ts";
 import { formatVersion, PROTOCOL_VERSION, SOFTWARE_VERSION } from "../protocol/mod.ts";
 import {
   type CmappServer,
@@ -181,9 +181,13 @@ export async function main(args: string[]): Promise<number> {
     return 2;
   }
   const fileSink = cfg.logfile ? new FileSink(cfg.logfile) : null;
-  const syslogSink = cfg.syslog ? new SyslogSink(PROGRAM) : null;
-  const sinks: LogSink[] = [fileSink ?? stderrSink, ...(syslogSink ? [syslogSink] : [])];
+  const err = stderrLogSink();
+  // Under journald (no logfile), stderr is the system log: syslog would be a second copy.
+  const syslogTwice = cfg.syslog && !fileSink && err !== stderrSink;
+  const syslogSink = cfg.syslog && !syslogTwice ? new SyslogSink(PROGRAM) : null;
+  const sinks: LogSink[] = [fileSink ?? err, ...(syslogSink ? [syslogSink] : [])];
   const logger = createLogger({ program: PROGRAM, level: cfg.level, sinks });
+  if (syslogTwice) logger.info("syslog = yes: not used, stderr is the journal already");
   const closeSinks = async () => {
     await syslogSink?.close();
     await fileSink?.close();

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { fstatSync } from "node:fs";
 import type { LogLevel } from "./logger.ts";
 
 /** A destination for formatted log lines. */
@@ -123,10 +124,73 @@ export class FileSink implements LogSink {
 const _SEVERITY: Record<LogLevel, number> = { error: 3, warn: 4, info: 6, debug: 7 };
 const _FACILITY_DAEMON = 3;
 
+let _journal: boolean | undefined;
+
+/**
+ * True when stderr is the systemd journal: `JOURNAL_STREAM` names the device
+ * and inode of what fd 2 is (systemd sets it for a unit's stdout and stderr;
+ * a child whose stderr was redirected elsewhere inherits the variable but
+ * not the stream, so the variable alone is not enough). Computed once.
+ *
+ * @example
+ * ```ts
+ * import { stderrIsJournal } from "./sinks.ts";
+ * if (stderrIsJournal()) console.error("<6>lines get the journal's priority prefix");
+ * ```
+ */
+export function stderrIsJournal(): boolean {
+  if (_journal !== undefined) return _journal;
+  _journal = false;
+  const m = /^(\d+):(\d+)$/.exec(Deno.env.get("JOURNAL_STREAM") ?? "");
+  if (!m) return _journal;
+  try {
+    // node:fs, because fstat of an open descriptor needs no permission there.
+    const st = fstatSync(2);
+    _journal = String(st.dev) === m[1] && String(st.ino) === m[2];
+  } catch {
+    // stderr closed: not the journal
+  }
+  return _journal;
+}
+
+/**
+ * Writes lines to stderr when it is the journal: each with its sd-daemon
+ * priority prefix (`<4>` for a warning…), without the timestamp, program and
+ * pid the journal records itself.
+ */
+export const journalSink: LogSink = {
+  write(_line, level, message) {
+    stderrSink.write(`<${_SEVERITY[level]}>${level}: ${message}`, level, message);
+  },
+};
+
+/** {@linkcode journalSink} when stderr is the journal, else {@linkcode stderrSink}. */
+export function stderrLogSink(): LogSink {
+  return stderrIsJournal() ? journalSink : stderrSink;
+}
+
+/**
+ * Prefixes each line of a message for stderr with the journal's priority
+ * when stderr is the journal (`<3>` for errors); otherwise returns it as is.
+ *
+ * @example
+ * ```ts
+ * import { forStderr } from "./sinks.ts";
+ * forStderr("cmappmgr: cannot connect\n", "error"); // "<3>cmappmgr: …" under journald
+ * ```
+ */
+export function forStderr(text: string, level: LogLevel): string {
+  if (!stderrIsJournal()) return text;
+  return text.replace(/^(?=.)/gm, `<${_SEVERITY[level]}>`);
+}
+
 /**
  * Sends lines to syslog (facility daemon) through one long-running
  * `logger --prio-prefix` process. When `logger` is missing or exits (no
- * /dev/log), it says so once on stderr and drops further lines.
+ * /dev/log), it says so once on stderr, unless made `optional`, and drops
+ * further lines. (Whether /dev/log exists cannot be asked under the
+ * programs' permission set: Deno wants all permissions for anything in
+ * /dev. `logger` finds out.)
  *
  * @example
  * ```ts ignore
@@ -136,13 +200,19 @@ const _FACILITY_DAEMON = 3;
  */
 export class SyslogSink implements LogSink {
   readonly #tag: string;
+  readonly #optional: boolean;
   #child: Deno.ChildProcess | null = null;
   #writer: WritableStreamDefaultWriter<Uint8Array> | null = null;
   #dead = false;
 
-  /** @param tag the syslog tag, e.g. "cmappserver" */
-  constructor(tag: string) {
+  /**
+   * @param tag the syslog tag, e.g. "cmappserver"
+   * @param optional true when syslog was not asked for explicitly: a host
+   *   without it is then not worth a warning
+   */
+  constructor(tag: string, optional = false) {
     this.#tag = tag;
+    this.#optional = optional;
   }
 
   /** Writes one message at its level's severity. */
@@ -188,6 +258,11 @@ export class SyslogSink implements LogSink {
     if (this.#dead) return;
     this.#dead = true;
     this.#writer = null;
-    stderrSink.write(`${new Date().toISOString()} syslog disabled: ${reason}`, "warn", "");
+    if (this.#optional) return;
+    stderrLogSink().write(
+      `${new Date().toISOString()} syslog disabled: ${reason}`,
+      "warn",
+      `syslog disabled: ${reason}`,
+    );
   }
 }
