@@ -285,13 +285,17 @@ function _tlsReason(err: Error): string {
 
 /** What went wrong when connecting. */
 export type TlsConnectErrorKind =
-  /** No TCP connection (refused, unreachable, name not found, timed out). */
+  /**
+   * No connection, or it was lost before the handshake completed: refused,
+   * unreachable (whatever the route said: unreachable, blackhole, prohibit),
+   * name not found, timed out, reset. Worth trying again.
+   */
   | "unreachable"
   /** The server's certificate is not one we trust, or is expired/not yet valid. */
   | "server_untrusted"
-  /** The server hung up during the handshake: it most likely refused our certificate. */
+  /** Not produced any more (a lost handshake is "unreachable"); kept for API users' switches. */
   | "peer_closed"
-  /** The TLS handshake failed for another reason. */
+  /** The peer spoke TLS wrongly, or not at all: a protocol failure, not a network one. */
   | "handshake";
 
 /**
@@ -383,16 +387,8 @@ function _connectOnce(
   });
 }
 
-const _NET_CODES = new Set([
-  "ECONNREFUSED",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
-  "ENOTFOUND",
-  "EAI_AGAIN",
-  "ETIMEDOUT",
-  "ECONNRESET",
-  "EADDRNOTAVAIL",
-]);
+/** Errors of the connection itself, once TCP is up: the network, not the peer's TLS. */
+const _LOST_CODES = new Set(["ECONNRESET", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH"]);
 
 /**
  * Connects to a cmappserver over mutual TLS and checks that it presents a
@@ -416,14 +412,18 @@ export async function connectTls(options: TlsConnectOptions): Promise<TlsConnect
   } catch (e) {
     if (e instanceof TlsConnectError) throw e;
     const err = e as _ConnectFailure;
-    if (err.tcpConnected && (err.code === "ECONNRESET" || err.code === "EPIPE")) {
-      throw new TlsConnectError(
-        "peer_closed",
-        `${where} closed the connection during the TLS handshake`,
-      );
-    }
-    if (err.code && _NET_CODES.has(err.code)) {
+    // Whatever stops TCP from connecting is the network's doing (a blackhole route gives EINVAL,
+    // a prohibit route EACCES): the TLS layer has not spoken yet.
+    if (!err.tcpConnected) {
       throw new TlsConnectError("unreachable", `cannot connect to ${where}: ${err.message}`);
+    }
+    // A connection reset or cut during the handshake is lost, not refused: our own server refuses
+    // a certificate only after the handshake has completed (TLS 1.3), with a clean close.
+    if (err.code && _LOST_CODES.has(err.code)) {
+      throw new TlsConnectError(
+        "unreachable",
+        `lost the connection to ${where} during the TLS handshake (${err.code}): ${err.message}`,
+      );
     }
     const diagnosis = await _diagnose(options).catch(() => null);
     if (diagnosis) throw new TlsConnectError("server_untrusted", `${where}: server ${diagnosis}`);
