@@ -287,10 +287,11 @@ export class Client {
    */
   async status(
     run: string,
-    options: { streams?: boolean; window?: number } = {},
+    options: { streams?: boolean; window?: number; stdin?: boolean } = {},
   ): Promise<RunStatusMessage> {
     const msg: StatusMessage = { type: "status", id: 0, run };
     if (options.streams) msg.streams = true;
+    if (options.streams && options.stdin && this.features.stdinClose) msg.stdin = true;
     if (options.streams && options.window && this.features.resume) {
       // Granted as the server makes us the receiver (see grant()).
       msg.window = options.window;
@@ -364,7 +365,8 @@ export class Client {
     let off = 0;
     for (;;) {
       if (this.isClosed) throw new ManagerError("lost", "connection to cmappserver is closed");
-      if (this.#stdinShut.has(run)) return false;
+      // Shut, or ended (its exit is known): nothing more goes to its stdin.
+      if (this.#stdinShut.has(run) || this.#exits.has(run)) return false;
       if (bytes.length === 0 && this.#stdinGranted.has(run)) {
         this.#streams.sendEnd(run, "stdin");
         return true;
@@ -470,7 +472,7 @@ export class Client {
     }
     if (m.type === "close_stream") {
       // 1.4: the server takes no more stdin from us for this run.
-      this.#stdinShut.add(m.run);
+      _boundedAdd(this.#stdinShut, m.run);
       this.#stdinGranted.delete(m.run);
       this.#streams.forget(m.run, "stdin");
       this.#streamEvents.get(m.run)?.stdinClosed?.();
@@ -499,7 +501,8 @@ export class Client {
         this.#streams.granted(m.run, "stdin", m.bytes);
       } else {
         // The first grant: this connection feeds the run's stdin (again, after a resume).
-        this.#stdinGranted.add(m.run);
+        const evicted = _boundedAdd(this.#stdinGranted, m.run);
+        if (evicted !== undefined) this.#streams.forget(evicted, "stdin");
         this.#stdinShut.delete(m.run);
         this.#streams.openOutbound(m.run, "stdin", m.bytes);
       }
@@ -668,8 +671,16 @@ export async function connect(options: ConnectOptions): Promise<Client> {
         },
         onClose: (err) => {
           if (handler) return handler.closed(err);
-          // Under TLS 1.3 a refused client certificate shows up only now, as an EOF or an alert.
-          fail(new ManagerError("rejected", rejectedMessage("during the TLS handshake")));
+          // Under TLS 1.3 a refused client certificate shows up only now, as a clean close right
+          // after the handshake. A reset or an error is the connection lost, not a refusal.
+          if (err) {
+            fail(
+              new ManagerError(
+                "unreachable",
+                `lost the connection to cmappserver at ${where} before its hello: ${err.message}`,
+              ),
+            );
+          } else fail(new ManagerError("rejected", rejectedMessage("during the TLS handshake")));
         },
       },
       DEFAULT_MAX_FRAME_SIZE,
@@ -686,6 +697,22 @@ export async function connect(options: ConnectOptions): Promise<Client> {
     );
     channel.send({ type: "hello", version: { ...ours }, agent: MANAGER_AGENT });
   });
+}
+
+/**
+ * Runs a server names in stream messages are remembered, a hostile server
+ * must not make that unbounded: beyond this many, the oldest is dropped.
+ */
+const _MAX_REMEMBERED_RUNS = 1024;
+
+/** Adds `run` to `set`, dropping (and returning) the oldest beyond the bound. */
+function _boundedAdd(set: Set<string>, run: string): string | undefined {
+  set.delete(run);
+  set.add(run);
+  if (set.size <= _MAX_REMEMBERED_RUNS) return undefined;
+  const oldest = set.values().next().value!;
+  set.delete(oldest);
+  return oldest;
 }
 
 function _rejectedMessage(where: string, options: ConnectOptions, detail: string): string {

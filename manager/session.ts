@@ -325,7 +325,11 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
         if (streams) _receiveOutput(client, run, streams);
         // With 1.3 the credit goes with the request: a run that has ended sends what is left of
         // its output before the reply.
-        const st = await client.status(run, { streams: !!streams, window: _OUTPUT_WINDOW });
+        const st = await client.status(run, {
+          streams: !!streams,
+          window: _OUTPUT_WINDOW,
+          stdin: !!streams?.stdin,
+        });
         if (streams) {
           if (!client.features.resume) _grantOutput(client, run);
           streams.stdin?.attach(client);

@@ -160,7 +160,8 @@ export class MessageChannel<In extends Message, Out extends Message> {
   #held = 0;
   #heldData = 0;
   #paused = false;
-  #writableWaiters: (() => void)[] = [];
+  /** One promise for everyone waiting to write (a flood of wake-ups must not pile up waiters). */
+  #writable: { promise: Promise<void>; resolve: () => void } | null = null;
   /** Small frames waiting to go out together at the end of this turn. */
   #small: Uint8Array[] = [];
   #smallBytes = 0;
@@ -242,7 +243,12 @@ export class MessageChannel<In extends Message, Out extends Message> {
   /** Settles once the channel is writable again, or closed. */
   whenWritable(): Promise<void> {
     if (this.writable || this.#closed) return Promise.resolve();
-    return new Promise((resolve) => this.#writableWaiters.push(resolve));
+    if (!this.#writable) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => resolve = r);
+      this.#writable = { promise, resolve };
+    }
+    return this.#writable.promise;
   }
 
   /**
@@ -365,10 +371,9 @@ export class MessageChannel<In extends Message, Out extends Message> {
   }
 
   #wakeWriters(): void {
-    const waiters = this.#writableWaiters;
-    if (waiters.length === 0) return;
-    this.#writableWaiters = [];
-    for (const w of waiters) w();
+    const w = this.#writable;
+    this.#writable = null;
+    w?.resolve();
   }
 
   #receive(chunk: Uint8Array): void {

@@ -150,6 +150,12 @@ export interface StatusMessage {
    * sends before its reply).
    */
   window?: number;
+  /**
+   * Since 1.4, with `streams`: this connection also feeds the run's stdin
+   * (takes it over). Without it, a 1.4 receiver only watches the output and
+   * whoever fed stdin goes on; below 1.4 every receiver takes stdin over.
+   */
+  stdin?: boolean;
 }
 
 /** The standard streams of a run. */
@@ -715,6 +721,7 @@ export function decodeClientMessage(payload: Uint8Array): ClientMessage {
       if (o.streams === true) m.streams = true;
       const w = _optional(o, "window", (x) => _int(x, "window", 1, 0x7fffffff));
       if (w !== undefined) m.window = w;
+      if (o.stdin === true) m.stdin = true;
       return m;
     }
     case "window":

@@ -73,7 +73,8 @@ interface _Inbound {
 interface _Outbound {
   /** Credit the peer granted and we have not used. */
   credit: number;
-  waiters: (() => void)[];
+  /** One promise for whoever waits for credit (however often they ask). */
+  waiting: { promise: Promise<void>; resolve: () => void } | null;
 }
 
 function _key(run: string, stream: StreamName): string {
@@ -141,13 +142,17 @@ export class StreamChannels {
   }
 
   /**
-   * `bytes` of a stream arrived: they must be within the credit given.
-   * @throws {CreditError} when they are not (or the stream was never opened)
+   * `bytes` of a stream arrived: they must be within the credit given. An
+   * end of stream (0 bytes) needs no credit, and may come before any was
+   * given: it returns false when the stream is not one we receive (yet).
+   * @throws {CreditError} when bytes are beyond the credit (or the stream was never opened)
    */
-  received(run: string, stream: StreamName, bytes: number): void {
+  received(run: string, stream: StreamName, bytes: number): boolean {
     const c = this.#in.get(_key(run, stream));
+    if (bytes === 0) return c !== undefined;
     if (!c || bytes > c.credit) throw new CreditError(run, stream, bytes, c?.credit ?? 0);
     c.credit -= bytes;
+    return true;
   }
 
   /**
@@ -183,7 +188,7 @@ export class StreamChannels {
   /** Starts sending a stream, with `credit` bytes granted already (0: wait for `window`). */
   openOutbound(run: string, stream: StreamName, credit = 0): void {
     const prev = this.#out.get(_key(run, stream));
-    const c: _Outbound = { credit: Math.min(credit, _MAX_WINDOW), waiters: prev?.waiters ?? [] };
+    const c: _Outbound = { credit: Math.min(credit, _MAX_WINDOW), waiting: prev?.waiting ?? null };
     this.#out.set(_key(run, stream), c);
     this.#wake(c);
   }
@@ -212,10 +217,14 @@ export class StreamChannels {
     if (this.#closed) return Promise.resolve();
     const c = this.#out.get(_key(run, stream));
     if (c && c.credit > 0) return this.#link.whenWritable();
-    return new Promise((resolve) => {
-      if (c) c.waiters.push(resolve);
-      else this.#out.set(_key(run, stream), { credit: 0, waiters: [resolve] });
-    });
+    const out = c ?? { credit: 0, waiting: null };
+    if (!c) this.#out.set(_key(run, stream), out);
+    if (!out.waiting) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => resolve = r);
+      out.waiting = { promise, resolve };
+    }
+    return out.waiting.promise;
   }
 
   /**
@@ -264,9 +273,8 @@ export class StreamChannels {
   }
 
   #wake(c: _Outbound): void {
-    if (c.waiters.length === 0) return;
-    const ws = c.waiters;
-    c.waiters = [];
-    for (const w of ws) w();
+    const w = c.waiting;
+    c.waiting = null;
+    w?.resolve();
   }
 }

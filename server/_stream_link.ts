@@ -18,8 +18,8 @@ import type {
   StreamChannels,
   WindowMessage,
 } from "../protocol/mod.ts";
-import type { Run } from "./runs.ts";
-import type { StreamSink } from "./streams.ts";
+import { hasEnded, type Run } from "./runs.ts";
+import type { RunStreams, StreamSink } from "./streams.ts";
 import { RequestError } from "./errors.ts";
 
 /** stdin credit a receiver gets per run, in bytes. */
@@ -77,6 +77,7 @@ export class StreamLink {
    * @throws {RequestError} "limit" when it feeds the most it may already
    */
   reserveStdin(): () => void {
+    this.#pruneFeeding();
     const used = this.#feeding.size + this.#reserved;
     if (used >= MAX_STDIN_PER_CONNECTION) {
       throw new RequestError(
@@ -100,12 +101,14 @@ export class StreamLink {
    * handed it over (told with its `resume`), if this connection may feed
    * one more: `reserved` when a launch took the slot ({@linkcode reserveStdin}).
    */
-  take(run: Run, credit = 0, reserved = false): void {
+  take(run: Run, credit = 0, feedsStdin = true, reserved = false): void {
     if (!run.io || this.current(run.id) || this.#closed) return;
     const { channel, streams } = this.#c;
     const id = run.id;
+    this.#pruneFeeding();
     const room = this.#feeding.size + this.#reserved < MAX_STDIN_PER_CONNECTION;
-    if (run.io.hasStdin && (reserved || room)) this.#feeding.add(id);
+    const feeds = feedsStdin && run.io.hasStdin && (reserved || room);
+    if (feeds) this.#feeding.add(id);
     streams.openOutbound(id, "stdout", credit);
     streams.openOutbound(id, "stderr", credit);
     const sink: StreamSink = {
@@ -131,7 +134,17 @@ export class StreamLink {
       },
     };
     this.#sinks.set(id, { run, sink });
-    run.io.attach(sink);
+    run.io.attach(sink, feeds);
+  }
+
+  /** Runs that have ended, or whose stdin this connection no longer holds, free their slot. */
+  #pruneFeeding(): void {
+    for (const id of this.#feeding) {
+      const mine = this.#sinks.get(id);
+      if (!mine || hasEnded(mine.run) || mine.run.io?.stdinSink !== mine.sink) {
+        this.#feeding.delete(id);
+      }
+    }
   }
 
   /**
@@ -171,17 +184,31 @@ export class StreamLink {
       streams.received(m.run, m.stream, m.data.length);
       return;
     }
-    streams.received(m.run, "stdin", m.data.length);
-    const io = this.current(m.run)?.run.io;
-    if (!io || !streams.receiving(m.run, "stdin")) return;
     const n = m.data.length;
+    if (!streams.received(m.run, "stdin", n)) {
+      // An end of stdin before its window (a manager may send it at once): honoured when this
+      // connection is the one to feed the run, whenever its stdin is handed over.
+      if (this.#feeding.has(m.run)) this.#stdinOf(m.run)?.endStdin();
+      return;
+    }
     channel.hold(n, false);
     this.#stdinWrites = this.#stdinWrites.then(async () => {
-      const ok = await io.writeStdin(m.data);
-      channel.release(n, false);
+      // Checked again now, in order: a manager that took stdin over since gets it from the offset
+      // it was told, so nothing queued here may still reach the application.
+      const io = streams.receiving(m.run, "stdin") ? this.#stdinOf(m.run) : undefined;
+      const ok = io ? await io.writeStdin(m.data) : false;
       if (ok && n > 0) streams.consumed(m.run, "stdin", n);
       if (n === 0) this.#feeding.delete(m.run);
-    });
+    }).catch(() => {
+      // writeStdin reports failures as false; nothing else here throws
+    }).finally(() => channel.release(n, false));
+  }
+
+  /** The run's streams, while this connection feeds its stdin. */
+  #stdinOf(runId: string): RunStreams | undefined {
+    const mine = this.#sinks.get(runId);
+    if (this.#closed || !mine || mine.run.io?.stdinSink !== mine.sink) return undefined;
+    return mine.run.io;
   }
 
   /** The connection closed: every run it received goes on holding its output for another. */

@@ -321,7 +321,7 @@ class _Connection {
     }
     if (this.#gone) return; // the manager left while it was being started: nothing to send it
     this.#channel.send(reply);
-    if (m.streams || m.stdin) this.#link.take(run, 0, stdinReserved);
+    if (m.streams || m.stdin) this.#link.take(run, 0, m.stdin === true, stdinReserved);
     if (!hasEnded(run)) this.#follow(run);
     else if (run.io && this.#link.current(run.id)) {
       // It ended before we answered (short runs often do): its output still goes first, once
@@ -334,7 +334,10 @@ class _Connection {
     const r = this.#known(m.run);
     // A manager taking the streams of a run that has ended (1.3) learns where each ended; the
     // credit it sends along lets what is left of the output come before the reply.
-    if (m.streams && (!hasEnded(r) || this.#features.resume)) this.#link.take(r, m.window);
+    if (m.streams && (!hasEnded(r) || this.#features.resume)) {
+      // 1.4 says whether the receiver feeds stdin; before, every receiver took it over.
+      this.#link.take(r, m.window, this.#features.stdinClose ? m.stdin === true : true);
+    }
     // The receiver of the output gets all of it before the exit status.
     if (r.exit && r.io && this.#link.current(r.id)) await r.io.drained(_DRAIN_MS);
     if (r.exit) this.#link.sendTailLosses(r);

@@ -262,8 +262,10 @@ export class RunStreams {
   readonly #stdinGraceMs: number;
   readonly #onStdinAbandoned: () => void;
   #stdinTimer: ReturnType<typeof setTimeout> | undefined;
-  /** The grace with no receiver ran out before stdin was handed over: close it when it is. */
-  #stdinAbandoned = false;
+  /** The connection that feeds stdin: the receiver that asked to, not every receiver. */
+  #stdinSink: StreamSink | null = null;
+  /** Stdin is to be closed (its end came, or the grace ran out) before it was handed over. */
+  #closeOnHandover = false;
   #closed = false;
   /** What the supervisor says the application wrote in all, once the run has ended. */
   #final: { stdout: number | null; stderr: number | null } | null = null;
@@ -306,6 +308,11 @@ export class RunStreams {
     return this.#out.sink;
   }
 
+  /** The connection feeding stdin now, if any. */
+  get stdinSink(): StreamSink | null {
+    return this.#stdinSink;
+  }
+
   /** Bytes discarded by this daemon for want of a receiver, per output. */
   get discarded(): { stdout: number; stderr: number } {
     return { stdout: this.#out.discarded, stderr: this.#err.discarded };
@@ -327,11 +334,11 @@ export class RunStreams {
     }
     this.#stdin = source.conn;
     this.#stdinOffset = source.accepted;
-    if (this.#stdinAbandoned) {
+    if (this.#closeOnHandover) {
       void this.writeStdin(new Uint8Array(0));
       return;
     }
-    const sink = this.#out.sink;
+    const sink = this.#stdinSink;
     if (sink) this.#announceStdin(sink);
   }
 
@@ -342,13 +349,22 @@ export class RunStreams {
    */
   #graceStdin(): void {
     clearTimeout(this.#stdinTimer);
-    if (this.#stdinClosed || this.#closed || this.#out.sink) return;
+    if (this.#stdinClosed || this.#closed || this.#stdinSink) return;
     this.#stdinTimer = setTimeout(() => {
-      if (this.#stdinClosed || this.#closed || this.#out.sink) return;
+      if (this.#stdinClosed || this.#closed || this.#stdinSink) return;
       this.#onStdinAbandoned();
-      if (this.#stdin) void this.writeStdin(new Uint8Array(0));
-      else this.#stdinAbandoned = true;
+      this.endStdin();
     }, this.#stdinGraceMs);
+  }
+
+  /**
+   * Closes the application's stdin: now, or as soon as its supervisor hands
+   * it over (a manager's end of input may come before that).
+   */
+  endStdin(): void {
+    if (this.#stdinClosed) return;
+    if (this.#stdin) void this.writeStdin(new Uint8Array(0));
+    else this.#closeOnHandover = true;
   }
 
   /** Stdin is closed for good: the receiver is told (it feeds it no more). */
@@ -356,7 +372,7 @@ export class RunStreams {
     if (this.#stdinClosed) return;
     this.#stdinClosed = true;
     clearTimeout(this.#stdinTimer);
-    this.#out.sink?.stdinClosed();
+    this.#stdinSink?.stdinClosed();
   }
 
   /**
@@ -370,7 +386,7 @@ export class RunStreams {
     }
     if (!this.#stdin && !this.#stdinClosed) return; // told once it is handed over
     this.#stdinWrites.then(() => {
-      if (this.#out.sink !== sink || this.#closed) return;
+      if (this.#stdinSink !== sink || this.#closed) return;
       if (this.#stdinClosed) sink.stdinClosed();
       else sink.resume("stdin", this.#stdinOffset);
     });
@@ -378,24 +394,33 @@ export class RunStreams {
 
   /**
    * Sends output to `sink` from now on (null: hold, then discard); credit
-   * starts at zero. The sink is told each stream's offset first, and stdin's
-   * once it can be fed.
+   * starts at zero. The sink is told each stream's offset first. With
+   * `feedsStdin` it also takes stdin over (told where it resumes once it can
+   * be fed; the previous feeder is told it feeds no more); without, whoever
+   * feeds stdin goes on (a manager that only watches the output).
    */
-  attach(sink: StreamSink | null): void {
-    const prev = this.#out.sink;
+  attach(sink: StreamSink | null, feedsStdin = true): void {
     this.#out.attach(sink);
     this.#err.attach(sink);
-    // A receiver that is replaced feeds stdin no more.
-    if (prev && prev !== sink && this.#hasStdin && !this.#stdinClosed) prev.stdinClosed();
-    if (sink) {
-      clearTimeout(this.#stdinTimer);
-      this.#announceStdin(sink);
-    } else this.#graceStdin();
+    if (sink && feedsStdin) this.#feedFrom(sink);
+    else if (sink && !this.#hasStdin) sink.stdinClosed();
   }
 
-  /** Detaches `sink` if it is the current one. */
+  /** Detaches `sink` from what it receives and feeds. */
   detach(sink: StreamSink): void {
     if (this.#out.sink === sink) this.attach(null);
+    if (this.#stdinSink === sink) {
+      this.#stdinSink = null;
+      this.#graceStdin();
+    }
+  }
+
+  #feedFrom(sink: StreamSink): void {
+    const prev = this.#stdinSink;
+    this.#stdinSink = sink;
+    if (prev && prev !== sink && this.#hasStdin && !this.#stdinClosed) prev.stdinClosed();
+    clearTimeout(this.#stdinTimer);
+    this.#announceStdin(sink);
   }
 
   /** The receiver's room for `stream` may have grown (credit, a drained connection). */
@@ -488,7 +513,10 @@ export class RunStreams {
     clearTimeout(this.#stdinTimer);
     this.#out.close();
     this.#err.close();
-    this.#stdinClosed = true;
+    if (!this.#stdinClosed) {
+      this.#stdinClosed = true;
+      this.#stdinSink?.stdinClosed();
+    }
     const conn = this.#stdin;
     if (conn) {
       this.#stdinWrites.finally(() => {

@@ -6,7 +6,14 @@
 /** A decoded frame: JSON messages as objects, data frames as their parts. */
 export type RawFrame =
   | { kind: "json"; message: Record<string, unknown> }
-  | { kind: "data"; run: string; stream: "stdin" | "stdout" | "stderr"; bytes: number };
+  | {
+    kind: "data";
+    run: string;
+    stream: "stdin" | "stdout" | "stderr";
+    bytes: number;
+    /** The bytes as text, for frames of at most 256 bytes (answers, not bulk). */
+    text?: string;
+  };
 
 const _STREAMS = ["stdin", "stdout", "stderr"] as const;
 const _te = new TextEncoder();
@@ -98,7 +105,9 @@ export async function rawPeer(keydir: string, port: number): Promise<RawPeer> {
       const p = all.subarray(at + 4, at + 4 + n);
       if (p[0] === 1) {
         const run = _td.decode(p.subarray(3, 3 + p[2]));
-        frames.push({ kind: "data", run, stream: _STREAMS[p[1]], bytes: n - 3 - p[2] });
+        const bytes = n - 3 - p[2];
+        const text = bytes <= 256 ? _td.decode(p.subarray(3 + p[2])) : undefined;
+        frames.push({ kind: "data", run, stream: _STREAMS[p[1]], bytes, text });
       } else {
         frames.push({ kind: "json", message: JSON.parse(_td.decode(p)) });
       }

@@ -169,6 +169,132 @@ Deno.test("stdin streams per connection: 6 pipelined launches with stdin, exactl
   }
 });
 
+/** The text of a run's stdout data frames a raw peer has received so far. */
+function stdoutOf(peer: RawPeer, run: string): string {
+  return peer.frames.map((f) =>
+    f.kind === "data" && f.run === run && f.stream === "stdout" ? f.text ?? "" : ""
+  ).join("");
+}
+
+/** The JSON messages a raw peer has received so far (next() consumes what it skips). */
+function jsonOf(peer: RawPeer): Record<string, unknown>[] {
+  return peer.frames.flatMap((f) => f.kind === "json" ? [f.message] : []);
+}
+
+Deno.test("stdin slots: runs that have ended free theirs (6 stdin launches in turn on one connection)", async () => {
+  const f = await ServerFixture.create();
+  let peer: RawPeer | null = null;
+  try {
+    const server = await f.server();
+    peer = await rawPeer(f.keys.manager, server.port);
+    await peer.hello();
+    for (let i = 0; i < 6; i++) {
+      // It lives long enough to be handed its stdin, and ends without reading it.
+      const run = await launched(peer, `turn${i}`, ["/bin/sleep", "0.3"], {
+        streams: true,
+        stdin: true,
+      });
+      const p = peer;
+      await eventually(
+        `run ${i} to end`,
+        () => Promise.resolve(jsonOf(p).some((m) => m.type === "exited" && m.run === run)),
+      );
+    }
+  } finally {
+    await peer?.close();
+    await f.cleanup();
+  }
+});
+
+Deno.test("an end of stdin sent with the launch, before any window, is honoured", async () => {
+  const f = await ServerFixture.create();
+  let peer: RawPeer | null = null;
+  try {
+    const server = await f.server();
+    peer = await rawPeer(f.keys.manager, server.port);
+    await peer.hello();
+    peer.write(
+      rawJson({
+        type: "launch",
+        id: 1,
+        name: "early",
+        argv: ["/bin/sh", "-c", "wc -c; exit 4"],
+        streams: true,
+        stdin: true,
+      }),
+    );
+    const m = await peer.next((m) => m.id === 1);
+    assert.equal(m.type, "launched", JSON.stringify(m));
+    const run = m.run as string;
+    peer.write(rawData(run, "stdin", new Uint8Array(0)));
+    peer.write(rawJson({ type: "window", run, stream: "stdout", bytes: 65536 }));
+    const p = peer;
+    await eventually(
+      "the exit",
+      () => Promise.resolve(jsonOf(p).some((m) => m.type === "exited" && m.run === run)),
+    );
+    assert.equal(stdoutOf(p, run).trim(), "0");
+    assert.ok(!jsonOf(p).some((m) => m.type === "error"), JSON.stringify(jsonOf(p)));
+  } finally {
+    await peer?.close();
+    await f.cleanup();
+  }
+});
+
+Deno.test("stdin taken over: nothing the first feeder had queued reaches the application beyond the offset the next one is told", async () => {
+  const f = await ServerFixture.create();
+  const peers: RawPeer[] = [];
+  try {
+    const server = await f.server();
+    const argv = ["/bin/sh", "-c", "sleep 2; wc -c"];
+    const a = await rawPeer(f.keys.manager, server.port);
+    peers.push(a);
+    await a.hello();
+    const run = await launched(a, "taken", argv, { streams: true, stdin: true });
+    await eventually(
+      "the stdin window",
+      () => Promise.resolve(jsonOf(a).some((m) => m.type === "window" && m.stream === "stdin")),
+    );
+    // As much as its credit allows while the application does not read yet, until the credit
+    // stops coming back: the pipe, the supervisor and its socket are full, the rest waits in the
+    // daemon.
+    const chunk = new Uint8Array(64 * 1024).fill(65);
+    let sent = 0;
+    const granted = () =>
+      jsonOf(a).filter((m) => m.type === "window" && m.stream === "stdin")
+        .reduce((n, m) => n + (m.bytes as number), 0);
+    for (let idle = 0; idle < 10;) {
+      if (granted() - sent >= chunk.length) {
+        a.write(rawData(run, "stdin", chunk));
+        sent += chunk.length;
+        idle = 0;
+      } else {
+        idle++;
+        await delay(50);
+      }
+    }
+    const b = await rawPeer(f.keys.manager, server.port);
+    peers.push(b);
+    await b.hello();
+    b.write(rawJson({ type: "launch", id: 1, name: "taken", argv, streams: true, stdin: true }));
+    await b.next((m) => m.id === 1);
+    let offset = -1;
+    await eventually("where stdin resumes", () => {
+      const r = jsonOf(b).find((m) => m.type === "resume" && m.stream === "stdin");
+      if (r) offset = r.offset as number;
+      return Promise.resolve(r !== undefined);
+    });
+    b.write(rawData(run, "stdin", new Uint8Array(0)));
+    b.write(rawJson({ type: "window", run, stream: "stdout", bytes: 65536 }));
+    await eventually("the count", () => Promise.resolve(/\d+\n/.test(stdoutOf(b, run))));
+    assert.equal(Number(stdoutOf(b, run).trim()), offset, "bytes beyond the offset reached it");
+    assert.ok(jsonOf(a).some((m) => m.type === "close_stream" && m.stream === "stdin"));
+  } finally {
+    for (const p of peers) await p.close();
+    await f.cleanup();
+  }
+});
+
 Deno.test("max_processes holds for concurrent cmappmgr launches under different names", async () => {
   const f = await ServerFixture.create();
   try {

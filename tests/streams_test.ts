@@ -712,3 +712,31 @@ Deno.test("attaching with -stdin to a run that takes no input says so, and still
     await f.cleanup();
   }
 });
+
+Deno.test("a manager that attaches without -stdin only watches: the feeder's input still flows", async () => {
+  const f = await Fixture.create();
+  try {
+    const argv = [
+      "sh",
+      "-c",
+      'while read l; do echo "got:$l"; [ "$l" = end ] && exit 3; done; exit 9',
+    ];
+    const feeder = f.mgr(argv, { stdin: true, flags: ["-stdin", "-service_name", "watched"] });
+    const w = feeder.child.stdin.getWriter();
+    await w.write(new TextEncoder().encode("one\n"));
+    await readUntil(feeder.child.stdout, /got:one/);
+    // The watcher becomes the receiver of the output, not the feeder of the input.
+    const watcher = f.mgr(argv, { flags: ["-service_name", "watched"] });
+    await f.server.waitForLog(/attached to run .* \(watched\)/, 20_000);
+    const watched = readAll(watcher.child.stdout);
+    await w.write(new TextEncoder().encode("two\nend\n"));
+    await w.close();
+    assert.equal((await watcher.status).code, 3, await watcher.stderr);
+    assert.match(new TextDecoder().decode(await watched), /got:two\ngot:end\n/);
+    assert.equal((await feeder.status).code, 3);
+    assert.doesNotMatch(await feeder.stderr, /takes no more/);
+    await feeder.child.stdout.cancel().catch(() => {});
+  } finally {
+    await f.cleanup();
+  }
+});
