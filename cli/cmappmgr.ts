@@ -29,13 +29,14 @@ import type { Identity, TrustStore } from "../tls/mod.ts";
 import { type OptionSpec, parseArgs, UsageError } from "./_args.ts";
 import { mergeSettings, readConfig } from "./_config.ts";
 import { printErr, printOut } from "./_io.ts";
-import { EXIT_FOR_KIND, MGR_EXIT } from "./exit_codes.ts";
+import { EXIT_FOR_KIND, MGR_EXIT, STATUS_EXIT } from "./exit_codes.ts";
 
 // manager/ and tls/ load node:tls (~45 ms of start-up): they are imported
 // only once a command needs them, so -help, -version and usage errors skip
 // them. The specifiers are literal, so `deno compile` still bundles them.
 type _Manager = typeof import("../manager/mod.ts");
 type _Tls = typeof import("../tls/mod.ts");
+type _Client = import("../manager/mod.ts").Client;
 let _mgr: _Manager;
 let _tls: _Tls;
 
@@ -68,6 +69,9 @@ const SPEC: Record<string, OptionSpec> = {
   list: { type: "boolean" },
   json: { type: "boolean" },
   ping: { type: "boolean" },
+  status: { type: "string" },
+  stop: { type: "string" },
+  check: { type: "boolean" },
   help: { type: "boolean", short: "h" },
   version: { type: "boolean", short: "V" },
 };
@@ -75,6 +79,8 @@ const SPEC: Record<string, OptionSpec> = {
 const USAGE = `usage: cmappmgr -node HOST [options] [--] COMMAND [ARG]...
        cmappmgr -node HOST -list [-json]
        cmappmgr -node HOST -ping
+       cmappmgr -node HOST -status NAME [-json] | -stop NAME
+       cmappmgr -node HOST -check [[--] COMMAND [ARG]...]
        cmappmgr keygen [-keydir DIR] [-name NAME]... [-algorithm ed25519|p256] [-force]
 
 Asks the cmappserver on HOST to run COMMAND (directly, no shell), follows it,
@@ -112,6 +118,15 @@ the first argument that is not one, or at --):
                              /dev/log exists)
   -list                      list the guest's runs (with -json: as JSON)
   -ping                      check that the guest is reachable and trusts us
+  -status NAME               how the latest run of NAME stands (with -json: as
+                             JSON); exit 0 running, 1 ended with a failure (a
+                             non-zero code, a signal, lost), 3 ended with 0 or
+                             no run of that name
+  -stop NAME                 stop the run of NAME (SIGTERM, SIGKILL after
+                             -stop_timeout) and wait for its end; exit 0 once
+                             nothing of that name runs
+  -check                     check the options, the configuration file and the
+                             key directory, without connecting; exit 0 if good
   -help                      this text
   -version                   the version
 
@@ -125,7 +140,8 @@ Exit status:
   128+N    the command was killed by signal N
   126      the command could not be executed on the guest
   127      the command was not found on the guest
-  0        -list or -ping succeeded; or detached on SIGTERM/SIGINT
+  0        -list, -ping, -stop or -check succeeded; or detached on SIGTERM/SIGINT;
+           -status: running (1: ended with a failure, 3: not running)
   2        bad command line or configuration file
   200      cannot connect to cmappserver within -cmappserver_timeout
   201      cmappserver's certificate is not trusted (not pinned, expired, wrong name)
@@ -157,7 +173,9 @@ interface _Config {
   syslog: boolean;
   /** -syslog was given: a host without syslog is then worth a warning. */
   syslogAsked: boolean;
-  verb: "run" | "list" | "ping";
+  verb: "run" | "list" | "ping" | "status" | "stop" | "check";
+  /** The run name of -status and -stop. */
+  target: string;
   json: boolean;
   argv: string[];
 }
@@ -174,7 +192,7 @@ async function _parse(args: string[]): Promise<_Config | number> {
   }
   const configPath = typeof values.config === "string" ? values.config : DEFAULT_CONFIG;
   const file = await readConfig(configPath, SPEC, values.config === undefined);
-  for (const k of ["list", "json", "ping"]) {
+  for (const k of ["list", "json", "ping", "status", "stop", "check"]) {
     if (file && k in file.values) {
       throw new UsageError(`${file.sources[k]}: ${k} belongs on the command line`);
     }
@@ -182,12 +200,18 @@ async function _parse(args: string[]): Promise<_Config | number> {
   const s = mergeSettings(file, values);
   const node = s.string("node", "");
   if (!node) throw new UsageError("-node HOST is required");
-  const verb = values.list ? "list" : values.ping ? "ping" : "run";
-  if (values.list && values.ping) throw new UsageError("-list and -ping exclude each other");
+  const verbs = (["list", "ping", "status", "stop", "check"] as const).filter((v) =>
+    values[v] !== undefined && values[v] !== false
+  );
+  if (verbs.length > 1) {
+    throw new UsageError(`-${verbs[0]} and -${verbs[1]} exclude each other`);
+  }
+  const verb: _Config["verb"] = verbs.length > 0 ? verbs[0] : "run";
   if (verb === "run" && rest.length === 0) throw new UsageError("no command given");
-  if (verb !== "run" && rest.length > 0) {
+  if (verb !== "run" && verb !== "check" && rest.length > 0) {
     throw new UsageError(`-${verb} takes no command (got ${rest[0]})`);
   }
+  const target = verb === "status" || verb === "stop" ? _runName(String(values[verb]), verb) : "";
   const level = s.choice("loglevel", "info", ["error", "warn", "info", "debug"] as const);
   let env: Record<string, string> | undefined;
   for (const e of s.list("env")) {
@@ -196,13 +220,8 @@ async function _parse(args: string[]): Promise<_Config | number> {
     (env ??= {})[e.slice(0, i)] = e.slice(i + 1);
   }
   const optional = (name: string) => s.has(name) ? s.string(name, "") : undefined;
-  const serviceName = s.string("service_name", "");
-  if (serviceName && !/^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$/.test(serviceName)) {
-    throw new UsageError(
-      `service_name must be 1 to 128 characters of A-Z a-z 0-9 . _ @ : + -, starting with a ` +
-        `letter or digit, not ${JSON.stringify(serviceName)}`,
-    );
-  }
+  const given = s.string("service_name", "");
+  const serviceName = given ? _runName(given, "service_name") : "";
   return {
     node,
     port: s.int("port", 5315, 1, 65535),
@@ -222,9 +241,21 @@ async function _parse(args: string[]): Promise<_Config | number> {
     syslog: s.bool("syslog", true),
     syslogAsked: s.has("syslog"),
     verb,
+    target,
     json: values.json === true,
     argv: rest,
   };
+}
+
+/** A run name as the guest accepts it (docs/PROTOCOL.md, section 8). */
+function _runName(name: string, option: string): string {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$/.test(name)) {
+    throw new UsageError(
+      `${option} must be 1 to 128 characters of A-Z a-z 0-9 . _ @ : + -, starting with a ` +
+        `letter or digit, not ${JSON.stringify(name)}`,
+    );
+  }
+  return name;
 }
 
 async function _writeAll(w: { write(p: Uint8Array): Promise<number> }, bytes: Uint8Array) {
@@ -273,30 +304,22 @@ function _table(runs: RunInfo[]): string {
 
 async function _otherVerb(cfg: _Config, identity: Identity, trust: TrustStore): Promise<number> {
   try {
-    const client = await _mgr.connect({
-      host: cfg.node,
-      port: cfg.port,
-      identity,
-      trust,
-      timeoutMs: cfg.timeoutMs,
-    });
+    // A short restart of cmappserver is not a failure: retried within -cmappserver_timeout.
+    const client = await _mgr.connectWithin(
+      { host: cfg.node, port: cfg.port, identity, trust },
+      cfg.timeoutMs,
+    );
     try {
-      if (cfg.verb === "ping") {
-        const t0 = performance.now();
-        await client.ping();
-        printOut(
-          `${cfg.node}:${cfg.port} is reachable and trusts us: ${client.serverAgent}, protocol ` +
-            `${
-              formatVersion(client.version)
-            }, certificate ${client.serverCertificate.fingerprint}, ` +
-            `round trip ${(performance.now() - t0).toFixed(1)} ms\n`,
-        );
-        return 0;
-      }
+      if (cfg.verb === "ping") return await _ping(cfg, client);
       if (!client.features.names) {
-        throw new _mgr.ManagerError("version", `${client.serverAgent} does not support -list`);
+        throw new _mgr.ManagerError(
+          "version",
+          `${client.serverAgent} does not support -${cfg.verb}`,
+        );
       }
       const runs = await client.list();
+      if (cfg.verb === "status") return _status(cfg, runs);
+      if (cfg.verb === "stop") return await _stop(cfg, client, runs);
       printOut(cfg.json ? JSON.stringify(runs, null, 2) + "\n" : _table(runs));
       return 0;
     } finally {
@@ -306,6 +329,49 @@ async function _otherVerb(cfg: _Config, identity: Identity, trust: TrustStore): 
   } catch (e) {
     return _fail(e);
   }
+}
+
+async function _ping(cfg: _Config, client: _Client): Promise<number> {
+  const t0 = performance.now();
+  await client.ping();
+  printOut(
+    `${cfg.node}:${cfg.port} is reachable and trusts us: ${client.serverAgent}, protocol ` +
+      `${formatVersion(client.version)}, certificate ${client.serverCertificate.fingerprint}, ` +
+      `round trip ${(performance.now() - t0).toFixed(1)} ms\n`,
+  );
+  return 0;
+}
+
+/** -status NAME: one line (or JSON), and an exit status a script can branch on. */
+function _status(cfg: _Config, runs: RunInfo[]): number {
+  const info = _mgr.latestNamed(runs, cfg.target);
+  const state = _mgr.namedRunState(info);
+  printOut(
+    cfg.json
+      ? JSON.stringify({ name: cfg.target, state, run: info ?? null }, null, 2) + "\n"
+      : _mgr.describeNamed(cfg.target, info) + "\n",
+  );
+  return STATUS_EXIT[state];
+}
+
+/** -stop NAME: SIGTERM (SIGKILL after the grace) to the running run of NAME, then its end. */
+async function _stop(cfg: _Config, client: _Client, runs: RunInfo[]): Promise<number> {
+  const info = _mgr.latestNamed(runs, cfg.target);
+  if (!info || info.state !== "running") {
+    printOut(`${_mgr.describeNamed(cfg.target, info)}; nothing to stop\n`);
+    return 0;
+  }
+  await client.stop(info.run, cfg.stopTimeoutMs);
+  const lost = client.closed.then(() => {
+    throw new _mgr.ManagerError(
+      "lost",
+      `lost cmappserver at ${cfg.node} while ${cfg.target} stopped`,
+    );
+  });
+  const exit = await Promise.race([client.wait(info.run), lost]);
+  const how = "code" in exit ? `exited with code ${exit.code}` : `killed by signal ${exit.signal}`;
+  printOut(`${cfg.target}: stopped: ${how}, pid ${info.pid} (run ${info.run})\n`);
+  return 0;
 }
 
 function _logger(
@@ -364,6 +430,8 @@ async function main(args: string[]): Promise<number> {
     printErr(`cmappmgr: ${e.message}\n`);
     return MGR_EXIT.config;
   }
+  // -check: the options, the file and the keys are good; nothing is connected to.
+  if (cfg.verb === "check") return 0;
   if (cfg.verb !== "run") return await _otherVerb(cfg, identity, trust);
 
   const log = _logger(cfg);

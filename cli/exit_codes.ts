@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { ManagerErrorKind } from "../manager/mod.ts";
+import type { ManagerErrorKind, NamedRunState } from "../manager/mod.ts";
 
 /** cmappmgr's own exit statuses, one per way it can fail. */
 export const MGR_EXIT = {
@@ -35,6 +35,18 @@ export const MGR_EXIT = {
   /** Local setup problem: key directory missing, unreadable or invalid. */
   config: 208,
 } as const;
+
+/**
+ * `cmappmgr -status NAME`, as LSB's `status` action: 0 running, 1 ended with
+ * a failure (a non-zero code, a signal, or lost), 3 not running (ended with
+ * 0, or no run of that name).
+ */
+export const STATUS_EXIT: Record<NamedRunState, number> = {
+  running: 0,
+  failed: 1,
+  succeeded: 3,
+  absent: 3,
+};
 
 /** The exit status for each kind of manager failure. */
 export const EXIT_FOR_KIND: Record<ManagerErrorKind, number> = {

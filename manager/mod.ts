@@ -14,4 +14,5 @@
 export * from "./batch_writer.ts";
 export * from "./client.ts";
 export * from "./errors.ts";
+export * from "./named_runs.ts";
 export * from "./session.ts";

@@ -142,7 +142,7 @@ function _sleep(ms: number): { promise: Promise<"timer">; cancel(): void } {
  * not retried.
  */
 async function _connectUntil(
-  options: RunCommandOptions,
+  options: Omit<ConnectOptions, "timeoutMs">,
   deadline: number,
   logger: Logger,
   retryable: ReadonlySet<string> = _RETRYABLE,
@@ -166,6 +166,26 @@ async function _connectUntil(
     await pause.promise;
     backoff = Math.min(backoff * 2, 2000);
   }
+}
+
+/**
+ * Connects, retrying while the guest is unreachable (refused, no route, cut),
+ * for at most `withinMs`: a short restart of cmappserver is not a failure.
+ * Authentication and version failures are not retried.
+ *
+ * @throws {ManagerError} the last failure, once `withinMs` has passed
+ * @example
+ * ```ts ignore
+ * import { connectWithin } from "./session.ts";
+ * const client = await connectWithin({ host: "guest1", identity, trust }, 30_000);
+ * ```
+ */
+export function connectWithin(
+  options: Omit<ConnectOptions, "timeoutMs">,
+  withinMs: number,
+  logger: Logger = silentLogger,
+): Promise<Client> {
+  return _connectUntil(options, Date.now() + withinMs, logger);
 }
 
 /**
