@@ -211,7 +211,9 @@ testIf(
       assert.deepEqual(mgr.get("Service.ExecStart"), ["/usr/local/bin/cmappmgr-instance %I"]);
       assert.deepEqual(mgr.get("Service.Restart"), ["on-failure"]);
       assert.deepEqual(mgr.get("Service.KillSignal"), ["SIGTERM"]);
-      assert.deepEqual(mgr.get("Service.SuccessExitStatus"), ["143 137"]);
+      // A stop (SIGTERM) is a success; an application SIGKILLed in the guest (137) never is.
+      assert.deepEqual(mgr.get("Service.SuccessExitStatus"), ["143"]);
+      assert.ok(!/\b137\b/.test(mgr.get("Service.RestartForceExitStatus")?.join(" ") ?? ""));
       assert.ok(mgr.get("Unit.StartLimitBurst") && mgr.get("Unit.StartLimitIntervalSec"));
       // Longer than the guest's default grace (10 s) plus cmappserver_timeout (30 s).
       assert.ok(seconds(mgr.get("Service.TimeoutStopSec")![0]) > 40);
