@@ -283,6 +283,8 @@ export class Client {
 
   /**
    * Asks for a run's state; also subscribes this connection to its exit.
+   * With `streams`, this connection becomes the receiver of the run's output
+   * and, unless `stdin` is false (a watcher), the feeder of its stdin.
    * @throws {LaunchError} with code "unknown_run" when the server does not know it
    */
   async status(
@@ -291,7 +293,9 @@ export class Client {
   ): Promise<RunStatusMessage> {
     const msg: StatusMessage = { type: "status", id: 0, run };
     if (options.streams) msg.streams = true;
-    if (options.streams && options.stdin && this.features.stdinClose) msg.stdin = true;
+    // Feeding stdin comes with the streams unless declined (a watcher of the output), as it
+    // did before 1.4 could say which.
+    if (options.streams && options.stdin !== false && this.features.stdinClose) msg.stdin = true;
     if (options.streams && options.window && this.features.resume) {
       // Granted as the server makes us the receiver (see grant()).
       msg.window = options.window;
