@@ -66,6 +66,7 @@ const SPEC: Record<string, OptionSpec> = {
   hostlogfile: { type: "string" },
   loglevel: { type: "string" },
   syslog: { type: "string" },
+  statusfile: { type: "string" },
   list: { type: "boolean" },
   json: { type: "boolean" },
   ping: { type: "boolean" },
@@ -115,7 +116,9 @@ the first argument that is not one, or at --):
   -loglevel LEVEL            error, warn, info (default) or debug, for the log file
                              and syslog; stderr gets warnings and errors
   -syslog yes|no             also log to syslog, tag cmappmgr (default yes, when
-                             /dev/log exists)
+                             the host has it)
+  -statusfile FILE           when a run ends, write "STATUS REASON" there (the exit
+                             status cmappmgr exits with, and why), for agents
   -list                      list the guest's runs (with -json: as JSON)
   -ping                      check that the guest is reachable and trusts us
   -status NAME               how the latest run of NAME stands (with -json: as
@@ -173,6 +176,8 @@ interface _Config {
   syslog: boolean;
   /** -syslog was given: a host without syslog is then worth a warning. */
   syslogAsked: boolean;
+  /** Where the run's exit status and its reason are written when it ends. */
+  statusfile: string;
   verb: "run" | "list" | "ping" | "status" | "stop" | "check";
   /** The run name of -status and -stop. */
   target: string;
@@ -240,6 +245,7 @@ async function _parse(args: string[]): Promise<_Config | number> {
     level,
     syslog: s.bool("syslog", true),
     syslogAsked: s.has("syslog"),
+    statusfile: s.string("statusfile", ""),
     verb,
     target,
     json: values.json === true,
@@ -256,6 +262,29 @@ function _runName(name: string, option: string): string {
     );
   }
   return name;
+}
+
+/**
+ * Writes "STATUS REASON" to -statusfile (atomically: a reader sees the old
+ * file or the new one), then returns `code`. A file that cannot be written is
+ * logged; the exit status stays the run's.
+ */
+async function _recordStatus(
+  cfg: _Config,
+  code: number,
+  reason: string,
+  logger: Logger,
+): Promise<number> {
+  if (!cfg.statusfile) return code;
+  const tmp = `${cfg.statusfile}.${Deno.pid}.tmp`;
+  try {
+    await Deno.writeTextFile(tmp, `${code} ${reason.replaceAll("\n", " ")}\n`, { mode: 0o644 });
+    await Deno.rename(tmp, cfg.statusfile);
+  } catch (e) {
+    logger.error(`cannot write -statusfile ${cfg.statusfile}: ${(e as Error).message}`);
+    await Deno.remove(tmp).catch(() => {});
+  }
+  return code;
 }
 
 async function _writeAll(w: { write(p: Uint8Array): Promise<number> }, bytes: Uint8Array) {
@@ -492,12 +521,20 @@ async function main(args: string[]): Promise<number> {
         .map((k) => `${lost[k]} bytes of ${k}`);
       logger.warn(`the run's streams are not complete: ${parts.join(", ")} were lost on the way`);
     }
-    if (!outcome.exit) return 0;
+    if (!outcome.exit) {
+      return await _recordStatus(cfg, 0, "detached: the application keeps running", logger);
+    }
     logger.info(`run ${outcome.run} pid ${outcome.pid} ${describeExit(outcome.exit)}`);
-    return shellExitCode(outcome.exit);
+    return await _recordStatus(
+      cfg,
+      shellExitCode(outcome.exit),
+      describeExit(outcome.exit),
+      logger,
+    );
   } catch (e) {
     if (e instanceof _mgr.LaunchError || e instanceof _mgr.ManagerError) log.quiet.error(e.message);
-    return _fail(e);
+    const code = _fail(e);
+    return await _recordStatus(cfg, code, (e as Error).message, logger);
   } finally {
     // Everything queued is written before we exit; a failed write means the
     // reader went away, as in a pipeline, and the stream was closed already.

@@ -112,3 +112,35 @@ Deno.test("-check: the options, the file and the keys, without connecting", asyn
     await f.cleanup();
   }
 });
+
+Deno.test("-statusfile: how the run ended, or why cmappmgr failed, in one line", async () => {
+  const f = await ServerFixture.create();
+  try {
+    const s = await f.server();
+    await Deno.mkdir(f.dir, { recursive: true });
+    const file = `${f.dir}/status`;
+    const r = await runMgr(mgrArgs(f.keys, s, "-statusfile", file, "sh", "-c", "exit 3"));
+    assert.equal(r.code, 3);
+    assert.equal(await Deno.readTextFile(file), "3 exited with code 3\n");
+    const k = await runMgr(mgrArgs(f.keys, s, "-statusfile", file, "sh", "-c", "kill -9 $$"));
+    assert.equal(k.code, 137);
+    assert.equal(await Deno.readTextFile(file), "137 killed by signal 9 (SIGKILL)\n");
+    const gone = await runMgr([
+      "-node",
+      "127.0.0.1",
+      "-port",
+      String(freePort()),
+      "-keydir",
+      f.keys.manager,
+      "-cmappserver_timeout",
+      "1",
+      "-statusfile",
+      file,
+      "true",
+    ]);
+    assert.equal(gone.code, 200);
+    assert.match(await Deno.readTextFile(file), /^200 .*127\.0\.0\.1/);
+  } finally {
+    await f.cleanup();
+  }
+});
