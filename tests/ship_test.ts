@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import {
   alive,
   eventually,
+  freePort,
   type KeyPair,
   killGroup,
   makeKeys,
@@ -559,8 +560,10 @@ function agent(
   action: string,
   params: Record<string, string>,
   meta: Record<string, string> = {},
+  extra: Record<string, string> = {},
 ): Promise<Out> {
   const env: Record<string, string> = {
+    ...extra,
     OCF_ROOT: "/usr/lib/ocf",
     OCF_RESOURCE_INSTANCE: params.service_name ?? "cmapp",
     OCF_RESKEY_CRM_meta_timeout: "20000",
@@ -648,14 +651,20 @@ testIf(
   },
 );
 
-Deno.test("OCF agent: validation, probes, attaching, failures and lost followers", async () => {
+Deno.test("OCF agent: node-local monitor, reasons for failures, attaching, reload, stops", async () => {
   const { keys, server, params } = await agentSetup();
   const port = server.port;
   const pidFile = (name: string) => `${params.state_dir}/cmapp-${name}.pid`;
+  const follower = async (name: string) => +(await Deno.readTextFile(pidFile(name))).trim();
+  const check10 = { OCF_CHECK_LEVEL: "10" };
   try {
-    // meta-data documents every parameter.
+    // OCF 1.1 meta-data: every parameter, reloadable ones, reload-agent.
     const md = await agent("meta-data", {});
     assert.equal(md.code, 0);
+    assert.match(
+      md.stdout,
+      /<resource-agent name="cmapp" version="1\.1">\s*<version>1\.1<\/version>/,
+    );
     for (
       const p of [
         "guest",
@@ -667,44 +676,54 @@ Deno.test("OCF agent: validation, probes, attaching, failures and lost followers
         "poll_interval",
         "stop_timeout",
         "cmappmgr",
+        "config",
+        "output",
         "state_dir",
       ]
     ) {
       assert.match(md.stdout, new RegExp(`<parameter name="${p}"[^]*?<longdesc[^]*?<shortdesc`));
     }
+    assert.match(md.stdout, /<parameter name="output" reloadable="1">/);
+    assert.match(md.stdout, /<action name="reload-agent"/);
 
-    // validate-all: configuration errors (6) and missing installation (5).
+    // validate-all: level 0 checks what every node shares; level 10 leaves the values, the
+    // configuration and this node's keys to cmappmgr -check, which refuses what runs would.
     const ok = { ...params, service_name: "v1" };
     assert.equal((await agent("validate-all", ok)).code, 0);
+    assert.equal((await agent("validate-all", ok, {}, check10)).code, 0);
     assert.equal((await agent("validate-all", { ...ok, guest: "" })).code, 6);
-    assert.equal((await agent("validate-all", { ...ok, service_name: "a b" })).code, 6);
-    assert.equal((await agent("validate-all", { ...ok, port: "http" })).code, 6);
-    assert.equal((await agent("validate-all", { ...ok, poll_interval: "often" })).code, 6);
-    assert.equal((await agent("validate-all", { ...ok, cmappmgr: "/nonexistent" })).code, 5);
-    assert.equal((await agent("validate-all", { ...ok, keydir: "/nonexistent" })).code, 5);
-
-    // A guest that cannot be asked: a probe says "not running", a recurring
-    // monitor "generic error"; a probe without cmappmgr "not running".
-    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const deadPort = (l.addr as Deno.NetAddr).port;
-    l.close();
-    const dead = { ...ok, port: String(deadPort), cmappserver_timeout: "1" };
-    assert.equal((await agent("monitor", dead, { interval: "0" })).code, 7);
-    assert.equal((await agent("monitor", dead)).code, 1);
+    assert.equal((await agent("validate-all", { ...ok, port: "http" })).code, 0, "level 0");
+    const bads: Record<string, string>[] = [
+      { port: "http" },
+      { cmappserver_timeout: "0" },
+      { service_name: "a b" },
+    ];
+    for (const bad of bads) {
+      const r = await agent("validate-all", { ...ok, ...bad }, {}, check10);
+      assert.equal(r.code, 6, `${JSON.stringify(bad)}: ${r.stderr}`);
+      assert.match(r.stderr, /ocf-exit-reason:cmappmgr: /);
+    }
     assert.equal(
-      (await agent("monitor", { ...ok, cmappmgr: "/nonexistent" }, { interval: "0" })).code,
-      7,
+      (await agent("validate-all", { ...ok, cmappmgr: "/nonexistent" }, {}, check10)).code,
+      5,
     );
-    // Nothing under that name: not running, probe or not; stop is a success.
-    assert.equal((await agent("monitor", ok, { interval: "0" })).code, 7);
+    assert.equal(
+      (await agent("validate-all", { ...ok, keydir: "/nonexistent" }, {}, check10)).code,
+      5,
+    );
+
+    // Never started on this node: not running, probe or not, whatever the guest (here: none),
+    // and without asking it; stop is a success.
+    const dead = { ...ok, port: String(freePort()), cmappserver_timeout: "1" };
+    assert.equal((await agent("monitor", dead, { interval: "0" })).code, 7);
+    assert.equal((await agent("monitor", dead)).code, 7);
     assert.equal((await agent("monitor", ok)).code, 7);
     assert.equal((await agent("stop", ok)).code, 0);
 
-    // start attaches to a run of that name already running: no second copy.
+    // start attaches to a run of that name already running (its node died): no second copy.
+    // Another node's probe meanwhile: not running there.
     const att = { ...params, service_name: "att1" };
-    const mgr = spawnMgr(
-      mgrArgs(keys, server, "-service_name", "att1", "--", "sleep", "100000"),
-    );
+    const mgr = spawnMgr(mgrArgs(keys, server, "-service_name", "att1", "--", "sleep", "100000"));
     let first: number | undefined;
     await eventually("att1 running", async () => {
       first = await runningPid(keys, port, "att1");
@@ -717,6 +736,9 @@ Deno.test("OCF agent: validation, probes, attaching, failures and lost followers
     );
     assert.deepEqual(att1.map((r) => r.pid), [first]);
     assert.equal((await agent("monitor", att)).code, 0);
+    assert.equal((await agent("monitor", att, {}, check10)).code, 0, "level 10 asks the guest");
+    const otherNode = { ...att, state_dir: `${params.state_dir}-node2` };
+    assert.equal((await agent("monitor", otherNode, { interval: "0" })).code, 7);
     const stop1 = await agent("stop", att);
     assert.equal(stop1.code, 0, stop1.stderr);
     // The first cmappmgr learnt of the end too: the application got SIGTERM.
@@ -724,32 +746,59 @@ Deno.test("OCF agent: validation, probes, attaching, failures and lost followers
     assert.equal((await agent("monitor", att)).code, 7);
     await assert.rejects(Deno.stat(pidFile("att1")));
 
-    // The application dies on the guest: monitor says "not running".
+    // A quoted argument; the application exits 3 on its own: a failure, with its reason.
+    const q = { ...params, service_name: "q1", command: `sh -c 'sleep 1; exit 3'` };
+    assert.equal((await agent("start", q)).code, 0);
+    let failed!: Out;
+    await eventually("monitor: the failure", async () => {
+      failed = await agent("monitor", q);
+      return failed.code !== 0;
+    });
+    assert.equal(failed.code, 1, failed.stderr);
+    assert.match(failed.stderr, /ocf-exit-reason:q1 exited with code 3/);
+    assert.equal((await agent("stop", q)).code, 0);
+
+    // The application is SIGKILLed in the guest: a failure, "killed by signal 9", not a stop.
     const k = { ...params, service_name: "k1" };
     assert.equal((await agent("start", k)).code, 0);
-    const kpid = (await runningPid(keys, port, "k1"))!;
-    Deno.kill(kpid, "SIGKILL");
-    await eventually("monitor: not running", async () => (await agent("monitor", k)).code === 7);
+    Deno.kill((await runningPid(keys, port, "k1"))!, "SIGKILL");
+    let killed!: Out;
+    await eventually("monitor: the kill", async () => {
+      killed = await agent("monitor", k);
+      return killed.code !== 0;
+    });
+    assert.equal(killed.code, 1, killed.stderr);
+    assert.match(killed.stderr, /ocf-exit-reason:k1 killed by signal 9 \(SIGKILL\)/);
     assert.equal((await agent("stop", k)).code, 0);
 
-    // The background cmappmgr is gone (killed, or the node restarted) while
-    // the application runs: monitor still sees it, stop still stops it.
+    // The follower is killed on this node while the application runs: the monitor follows it
+    // again, and the application is untouched (no recovery, no second copy).
     const f = { ...params, service_name: "f1" };
     assert.equal((await agent("start", f)).code, 0);
     const fpid = (await runningPid(keys, port, "f1"))!;
-    Deno.kill(+(await Deno.readTextFile(pidFile("f1"))).trim(), "SIGKILL");
+    const oldFollower = await follower("f1");
+    Deno.kill(oldFollower, "SIGKILL");
+    await eventually("the follower gone", () => Promise.resolve(!alive(oldFollower)));
+    assert.equal((await agent("monitor", f)).code, 0);
+    assert.notEqual(await follower("f1"), oldFollower);
+    assert.equal(await runningPid(keys, port, "f1"), fpid);
+    // reload-agent: a new follower for new parameters; the application is untouched.
+    const beforeReload = await follower("f1");
+    const reload = await agent("reload-agent", { ...f, poll_interval: "2" });
+    assert.equal(reload.code, 0, reload.stderr);
+    assert.notEqual(await follower("f1"), beforeReload);
+    assert.equal(await runningPid(keys, port, "f1"), fpid);
     assert.equal((await agent("monitor", f)).code, 0);
     const stopF = await agent("stop", f);
     assert.equal(stopF.code, 0, stopF.stderr);
-    await eventually("f1's application ended", () => !alive(fpid));
-    assert.equal(await runningPid(keys, port, "f1"), undefined);
+    await eventually("f1's application ended", () => Promise.resolve(!alive(fpid)));
 
-    // The application ended while nobody followed it (its exit status not
-    // received): the next start still starts it afresh.
+    // The application ended while nobody followed it (its exit status not received): the next
+    // start still starts it afresh.
     const u = { ...params, service_name: "u1" };
     assert.equal((await agent("start", u)).code, 0);
     const upid = (await runningPid(keys, port, "u1"))!;
-    Deno.kill(+(await Deno.readTextFile(pidFile("u1"))).trim(), "SIGKILL");
+    Deno.kill(await follower("u1"), "SIGKILL");
     Deno.kill(upid, "SIGKILL");
     await eventually(
       "u1 ended, unclaimed",
@@ -758,7 +807,7 @@ Deno.test("OCF agent: validation, probes, attaching, failures and lost followers
           r.name === "u1" && r.state === "exited" && !r.delivered
         ),
     );
-    assert.equal((await agent("monitor", u)).code, 7);
+    await Deno.remove(pidFile("u1"));
     const su = await agent("start", u);
     assert.equal(su.code, 0, su.stderr);
     const upid2 = await runningPid(keys, port, "u1");
@@ -768,6 +817,24 @@ Deno.test("OCF agent: validation, probes, attaching, failures and lost followers
   } finally {
     await endRuns(keys, server, params.state_dir);
     await server.stop();
+    await removeAll(keys.root);
+  }
+});
+
+Deno.test("OCF agent: a stop that cannot reach the guest succeeds, with the reason, and leaves the run to the guest", async () => {
+  const { keys, server, params } = await agentSetup();
+  try {
+    const g = { ...params, service_name: "g1", cmappserver_timeout: "2" };
+    assert.equal((await agent("start", g)).code, 0);
+    const app = (await runningPid(keys, server.port, "g1"))!;
+    await server.stop();
+    const r = await agent("stop", g);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /ocf-exit-reason:cannot reach 127\.0\.0\.1 to stop g1/);
+    assert.ok(alive(app), "the application is the guest's to keep");
+    Deno.kill(app, "SIGKILL");
+  } finally {
+    await endRuns(keys, server, params.state_dir);
     await removeAll(keys.root);
   }
 });
