@@ -411,6 +411,7 @@ function _logger(
   // and syslog would only be a second copy of each line.
   const journal = stderrIsJournal();
   const syslog = cfg.syslog && !journal ? new SyslogSink(PROGRAM, !cfg.syslogAsked) : null;
+  syslog?.warm();
   const quietSinks: LogSink[] = [];
   if (file) quietSinks.push(file);
   if (syslog) quietSinks.push(syslog);

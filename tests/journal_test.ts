@@ -5,6 +5,7 @@
 // with its sd-daemon priority, and no second copy through syslog.
 import assert from "node:assert/strict";
 import {
+  eventually,
   freePort,
   makeKeys,
   mgrArgs,
@@ -69,6 +70,11 @@ Deno.test("cmappmgr logs to syslog under its shipped permission set", async () =
       env,
     );
     assert.equal(code, 3);
+    // The logger finishes on its own once cmappmgr has handed it the last line.
+    await eventually(
+      "the logger to write the last line",
+      async () => /exited with code 3/.test(await readOr(out)),
+    );
     assert.match(await readOr(`${out}.args`), /--prio-prefix -t cmappmgr --id=\d+/);
     // Facility daemon (3), severity info (6): <30>.
     assert.match(await readOr(out), /^<30>\[web\] started run \S+ pid \d+/m);
