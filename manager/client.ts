@@ -452,9 +452,8 @@ export class Client {
     if (m.type === "data") {
       const { run, stream, data } = m;
       try {
-        // An end of stream needs no credit: it may come before we granted any (a run that ended
-        // before our window reached the server).
-        if (data.length > 0) this.#streams.received(run, stream, data.length);
+        // (An end of stream needs no credit: it may come before we granted any.)
+        this.#streams.received(run, stream, data.length);
       } catch (e) {
         if (!(e instanceof CreditError)) throw e;
         // The server broke flow control: nothing it sends can be trusted to stay bounded.
@@ -593,12 +592,6 @@ export async function connect(options: ConnectOptions): Promise<Client> {
     tlsConn = await connectTls({ ...options, port, timeoutMs });
   } catch (e) {
     if (!(e instanceof TlsConnectError)) throw e;
-    if (e.kind === "peer_closed") {
-      throw new ManagerError(
-        "rejected",
-        _rejectedMessage(where, options, "during the TLS handshake"),
-      );
-    }
     throw new ManagerError(
       e.kind === "unreachable"
         ? "unreachable"

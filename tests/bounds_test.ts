@@ -49,6 +49,13 @@ function watchRss(pid: number): { stop(): Promise<number> } {
   };
 }
 
+/** A raw peer on `server` that has said hello (protocol 1.4). */
+async function greeted(f: ServerFixture, server: ServerProcess): Promise<RawPeer> {
+  const peer = await rawPeer(f.keys.manager, server.port);
+  await peer.hello();
+  return peer;
+}
+
 async function stillServes(f: ServerFixture, server: ServerProcess): Promise<void> {
   const r = await runMgr(
     mgrArgs(f.keys, server, "-service_name", "beside", "/bin/sh", "-c", "exit 42"),
@@ -91,8 +98,7 @@ Deno.test("max_processes holds when 12 connections launch at once: exactly the l
   try {
     const server = await f.server("-max_processes", "2");
     for (let i = 0; i < 12; i++) {
-      const p = await rawPeer(f.keys.manager, server.port);
-      await p.hello();
+      const p = await greeted(f, server);
       peers.push(p);
     }
     // All twelve requests leave before any answer comes back.
@@ -124,8 +130,7 @@ Deno.test("stdin streams per connection: 6 pipelined launches with stdin, exactl
   let peer: RawPeer | null = null;
   try {
     const server = await f.server();
-    peer = await rawPeer(f.keys.manager, server.port);
-    await peer.hello();
+    peer = await greeted(f, server);
     // All six leave in one write, before any answer or stdin window comes back.
     const launches = [...Array(6).keys()].map((i) =>
       rawJson({
@@ -140,7 +145,7 @@ Deno.test("stdin streams per connection: 6 pipelined launches with stdin, exactl
     peer.write(new Uint8Array(launches.flatMap((b) => [...b])));
     const p = peer;
     // (The peer's next() consumes what it skips: look at its frames instead.)
-    const json = () => p.frames.flatMap((f) => f.kind === "json" ? [f.message] : []);
+    const json = () => jsonOf(p);
     const answerTo = (id: number) => json().find((m) => m.id === id);
     await eventually(
       "six answers",
@@ -186,8 +191,7 @@ Deno.test("stdin slots: runs that have ended free theirs (6 stdin launches in tu
   let peer: RawPeer | null = null;
   try {
     const server = await f.server();
-    peer = await rawPeer(f.keys.manager, server.port);
-    await peer.hello();
+    peer = await greeted(f, server);
     for (let i = 0; i < 6; i++) {
       // It lives long enough to be handed its stdin, and ends without reading it.
       const run = await launched(peer, `turn${i}`, ["/bin/sleep", "0.3"], {
@@ -211,8 +215,7 @@ Deno.test("an end of stdin sent with the launch, before any window, is honoured"
   let peer: RawPeer | null = null;
   try {
     const server = await f.server();
-    peer = await rawPeer(f.keys.manager, server.port);
-    await peer.hello();
+    peer = await greeted(f, server);
     peer.write(
       rawJson({
         type: "launch",
@@ -247,9 +250,8 @@ Deno.test("stdin taken over: nothing the first feeder had queued reaches the app
   try {
     const server = await f.server();
     const argv = ["/bin/sh", "-c", "sleep 2; wc -c"];
-    const a = await rawPeer(f.keys.manager, server.port);
+    const a = await greeted(f, server);
     peers.push(a);
-    await a.hello();
     const run = await launched(a, "taken", argv, { streams: true, stdin: true });
     await eventually(
       "the stdin window",
@@ -273,9 +275,8 @@ Deno.test("stdin taken over: nothing the first feeder had queued reaches the app
         await delay(50);
       }
     }
-    const b = await rawPeer(f.keys.manager, server.port);
+    const b = await greeted(f, server);
     peers.push(b);
-    await b.hello();
     b.write(rawJson({ type: "launch", id: 1, name: "taken", argv, streams: true, stdin: true }));
     await b.next((m) => m.id === 1);
     let offset = -1;
@@ -327,8 +328,7 @@ Deno.test("stdin sent beyond the credit closes that connection, with the reason 
   let peer: RawPeer | null = null;
   try {
     const server = await f.server();
-    peer = await rawPeer(f.keys.manager, server.port);
-    await peer.hello();
+    peer = await greeted(f, server);
     // An application that never reads its stdin.
     const run = await launched(peer, "deaf", ["/bin/sleep", "60"], { streams: true, stdin: true });
     const base = await rssKiB(server.pid);
@@ -343,8 +343,7 @@ Deno.test("stdin sent beyond the credit closes that connection, with the reason 
     assertBounded("stdin beyond credit", base, peak);
     await stillServes(f, server);
     // The run itself is not harmed: it is still running.
-    const other = await rawPeer(f.keys.manager, server.port);
-    await other.hello();
+    const other = await greeted(f, server);
     other.write(rawJson({ type: "status", id: 5, run }));
     const st = await other.next((m) => m.id === 5);
     assert.equal(st.state, "running", JSON.stringify(st));
@@ -359,11 +358,9 @@ Deno.test("data for a stream this connection was never given is a protocol error
   const f = await ServerFixture.create();
   try {
     const server = await f.server();
-    const a = await rawPeer(f.keys.manager, server.port);
-    await a.hello();
+    const a = await greeted(f, server);
     const run = await launched(a, "quiet", ["/bin/sleep", "60"], { streams: true, stdin: true });
-    const b = await rawPeer(f.keys.manager, server.port);
-    await b.hello();
+    const b = await greeted(f, server);
     b.write(rawData(run, "stdin", new Uint8Array(100)));
     const err = await b.next((m) => m.type === "error");
     assert.equal(err.code, "protocol");
@@ -383,8 +380,7 @@ Deno.test("a peer that grants 2 GiB of stdout credit and never reads: the daemon
   let peer: RawPeer | null = null;
   try {
     const server = await f.server();
-    peer = await rawPeer(f.keys.manager, server.port);
-    await peer.hello();
+    peer = await greeted(f, server);
     const run = await launched(peer, "flood", ["/bin/cat", "/dev/zero"], { streams: true });
     peer.stopReading();
     const base = await rssKiB(server.pid);
@@ -411,8 +407,7 @@ Deno.test("a flood of requests whose answers are never read, from 8 connections:
   try {
     const server = await f.server();
     for (let i = 0; i < 8; i++) {
-      const peer = await rawPeer(f.keys.manager, server.port);
-      await peer.hello();
+      const peer = await greeted(f, server);
       peer.stopReading();
       peers.push(peer);
     }

@@ -5,7 +5,7 @@
 // own (unshare --net), where only the route under test exists.
 import assert from "node:assert/strict";
 import { MGR_EXIT } from "../cli/exit_codes.ts";
-import { makeKeys, programCommand, startServerProcess } from "./_harness.ts";
+import { makeKeys, programCommand, runMgr, startServerProcess } from "./_harness.ts";
 import { testOrSkip } from "./_skip.ts";
 
 const FILE = "tests/network_errors_test.ts";
@@ -120,20 +120,11 @@ Deno.test("a connection lost during the TLS handshake is unreachable (200), a re
       "2",
       ...verb,
     ];
-    const run = async (a: string[]) => {
-      const out = await new Deno.Command(Deno.execPath(), {
-        args: [...programCommand("cmappmgr"), ...a],
-        stdin: "null",
-        stdout: "null",
-        stderr: "piped",
-      }).output();
-      return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
-    };
-    const cut = await run(args(listener.addr.port, keys.manager, "--", "true"));
+    const cut = await runMgr(args(listener.addr.port, keys.manager, "--", "true"));
     assert.equal(cut.code, MGR_EXIT.unreachable, cut.stderr);
     assert.match(cut.stderr, /during the TLS handshake/);
     assert.doesNotMatch(cut.stderr, /refused our certificate/);
-    const ping = await run(args(listener.addr.port, keys.manager, "-ping"));
+    const ping = await runMgr(args(listener.addr.port, keys.manager, "-ping"));
     assert.equal(ping.code, MGR_EXIT.unreachable, ping.stderr);
 
     // A real cmappserver that does not trust us: refused, 202.
@@ -143,7 +134,7 @@ Deno.test("a connection lost during the TLS handshake is unreachable (200), a re
       // Our manager trusts that server, but the server does not trust our manager.
       const trusted = `${keys.manager}/trusted/other.pem`;
       await Deno.copyFile(`${other.server}/cert.pem`, trusted);
-      const refused = await run(args(server.port, keys.manager, "-ping"));
+      const refused = await runMgr(args(server.port, keys.manager, "-ping"));
       assert.equal(refused.code, MGR_EXIT.rejected, refused.stderr);
       assert.match(refused.stderr, /refused our certificate/);
     } finally {

@@ -619,6 +619,25 @@ Deno.test("stdin credit: 256 KiB at first, then back a quarter at a time once in
 
 // ------------------------------------------------------------ stdin's lifecycle
 
+/** Echoes each input line as "got:LINE"; exits 3 after "end", 9 at an end of input. */
+const ECHO_LINES = [
+  "sh",
+  "-c",
+  'while read l; do echo "got:$l"; [ "$l" = end ] && exit 3; done; exit 9',
+];
+
+/**
+ * Starts cmappmgr -stdin on ECHO_LINES as `name`, sends "one", and waits
+ * until the application has echoed it; the writer stays open.
+ */
+async function feeding(f: Fixture, name: string) {
+  const mgr = f.mgr(ECHO_LINES, { stdin: true, flags: ["-stdin", "-service_name", name] });
+  const input = mgr.child.stdin.getWriter();
+  await input.write(new TextEncoder().encode("one\n"));
+  await readUntil(mgr.child.stdout, /got:one/);
+  return { mgr, input };
+}
+
 /** Reads `stream` until its text matches `re`; resolves with all of it (the rest is left). */
 async function readUntil(stream: ReadableStream<Uint8Array>, re: RegExp): Promise<string> {
   const reader = stream.getReader();
@@ -664,16 +683,9 @@ Deno.test("a manager that attaches with -stdin takes the input over from one tha
   // The default grace (30 s): the run's stdin stays open for the next manager.
   const f = await Fixture.create();
   try {
-    const argv = [
-      "sh",
-      "-c",
-      'while read l; do echo "got:$l"; [ "$l" = end ] && exit 3; done; exit 9',
-    ];
+    const argv = ECHO_LINES;
     const flags = ["-stdin", "-service_name", "feed"];
-    const first = f.mgr(argv, { stdin: true, flags });
-    const w1 = first.child.stdin.getWriter();
-    await w1.write(new TextEncoder().encode("one\n"));
-    await readUntil(first.child.stdout, /got:one/);
+    const { mgr: first, input: w1 } = await feeding(f, "feed");
     first.child.kill("SIGKILL");
     await first.status;
     await w1.close().catch(() => {});
@@ -716,15 +728,8 @@ Deno.test("attaching with -stdin to a run that takes no input says so, and still
 Deno.test("a manager that attaches without -stdin only watches: the feeder's input still flows", async () => {
   const f = await Fixture.create();
   try {
-    const argv = [
-      "sh",
-      "-c",
-      'while read l; do echo "got:$l"; [ "$l" = end ] && exit 3; done; exit 9',
-    ];
-    const feeder = f.mgr(argv, { stdin: true, flags: ["-stdin", "-service_name", "watched"] });
-    const w = feeder.child.stdin.getWriter();
-    await w.write(new TextEncoder().encode("one\n"));
-    await readUntil(feeder.child.stdout, /got:one/);
+    const argv = ECHO_LINES;
+    const { mgr: feeder, input: w } = await feeding(f, "watched");
     // The watcher becomes the receiver of the output, not the feeder of the input.
     const watcher = f.mgr(argv, { flags: ["-service_name", "watched"] });
     await f.server.waitForLog(/attached to run .* \(watched\)/, 20_000);

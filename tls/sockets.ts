@@ -293,8 +293,6 @@ export type TlsConnectErrorKind =
   | "unreachable"
   /** The server's certificate is not one we trust, or is expired/not yet valid. */
   | "server_untrusted"
-  /** Not produced any more (a lost handshake is "unreachable"); kept for API users' switches. */
-  | "peer_closed"
   /** The peer spoke TLS wrongly, or not at all: a protocol failure, not a network one. */
   | "handshake";
 
