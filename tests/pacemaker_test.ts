@@ -12,50 +12,24 @@
 import { testOrSkip } from "./_skip.ts";
 import assert from "node:assert/strict";
 import {
-  alive,
   killGroup,
   makeKeys,
   mgrArgs,
-  programCommand,
   reapUnder,
   runMgr,
   startServerProcess,
 } from "./_harness.ts";
+import {
+  clusterSkipReason,
+  killRecorded,
+  output,
+  runClusterScript,
+  writeWrapper,
+} from "./_pacemaker.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
-const TOOLS = [
-  "bash",
-  "setsid",
-  "timeout",
-  "pgrep",
-  "corosync",
-  "corosync-cfgtool",
-  "corosync-quorumtool",
-  "pacemakerd",
-  "crm_mon",
-  "cibadmin",
-  "crm_attribute",
-  "crm_resource",
-  "crm_failcount",
-];
 /** Longest the whole cluster script may take (it normally needs under a minute). */
 const SCRIPT_TIMEOUT_S = 170;
-
-function which(cmd: string): boolean {
-  const dirs = [...(Deno.env.get("PATH") ?? "").split(":"), "/usr/sbin", "/sbin"];
-  return dirs.some((d) => {
-    try {
-      return d !== "" && Deno.statSync(`${d}/${cmd}`).isFile;
-    } catch {
-      return false;
-    }
-  });
-}
-
-async function output(cmd: string, args: string[]): Promise<{ code: number; stdout: string }> {
-  const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "null" }).output();
-  return { code: out.code, stdout: new TextDecoder().decode(out.stdout) };
-}
 
 /**
  * Removes a directory. Retried: the supervisors of killed applications may
@@ -75,11 +49,8 @@ async function removeAll(path: string): Promise<void> {
 }
 
 async function skipReason(): Promise<string | undefined> {
-  if (Deno.build.os !== "linux") return "Linux only";
-  if (Deno.uid() !== 0) return "needs root (corosync, pacemaker)";
-  const absent = TOOLS.filter((t) => !which(t));
-  if (absent.length) return `not installed: ${absent.join(", ")} (see .ci/deps.sh)`;
-  if ((await output("id", ["hacluster"])).code !== 0) return "no hacluster user";
+  const why = await clusterSkipReason();
+  if (why) return why;
   for (const daemon of ["corosync", "pacemakerd"]) {
     if ((await output("pgrep", ["-x", daemon])).code === 0) {
       return `${daemon} is already running on this machine (one cluster per machine)`;
@@ -98,49 +69,18 @@ testOrSkip("pacemaker_test", NAME, reason, async () => {
     // Readable by hacluster (the daemons' logs go below it).
     const w = await Deno.makeTempDir({ prefix: "cmapp-pcmk-" });
     await Deno.chmod(w, 0o755);
-    let log = "";
     try {
       // The agent runs cmappmgr through this wrapper, as root, with the
       // cluster's bare environment.
-      const argv = [Deno.execPath(), ...programCommand("cmappmgr")]
-        .map((s) => `'${s.replaceAll("'", `'\\''`)}'`).join(" ");
-      const denoDir = Deno.env.get("DENO_DIR") ??
-        JSON.parse((await output(Deno.execPath(), ["info", "--json"])).stdout).denoDir;
-      await Deno.writeTextFile(
-        `${w}/cmappmgr`,
-        `#!/bin/sh\nDENO_DIR='${denoDir}'\nexport DENO_DIR\nexec ${argv} "$@"\n`,
-      );
-      await Deno.chmod(`${w}/cmappmgr`, 0o755);
-
-      const t0 = performance.now();
-      const out = await new Deno.Command("timeout", {
-        args: [
-          "-k",
-          "15",
-          String(SCRIPT_TIMEOUT_S),
-          "bash",
-          `${ROOT}/tests/pacemaker_cluster.sh`,
-        ],
-        env: {
-          W: w,
-          AGENT: `${ROOT}/dist/ocf/cmapp`,
-          GUEST: "127.0.0.1",
-          PORT: String(server.port),
-          KEYDIR: keys.manager,
-          CMAPPMGR: `${w}/cmappmgr`,
-        },
-        stdin: "null",
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const d = new TextDecoder();
-      log = d.decode(out.stdout) + d.decode(out.stderr);
-      console.log(
-        `pacemaker_cluster.sh (exit ${out.code}, ${
-          ((performance.now() - t0) / 1000).toFixed(1)
-        } s):\n${log}`,
-      );
-      assert.equal(out.code, 0, "the cluster script failed (its output is above)");
+      const { code, log } = await runClusterScript("pacemaker_cluster.sh", {
+        W: w,
+        AGENT: `${ROOT}/dist/ocf/cmapp`,
+        GUEST: "127.0.0.1",
+        PORT: String(server.port),
+        KEYDIR: keys.manager,
+        CMAPPMGR: await writeWrapper(w, "cmappmgr"),
+      }, SCRIPT_TIMEOUT_S);
+      assert.equal(code, 0, "the cluster script failed (its output is above)");
       assert.match(log, /RESULT OK/);
       assert.match(log, /failure 1: restarted by Pacemaker .* new pid \d+/);
       assert.match(log, /failure 2: restarted by Pacemaker .* new pid \d+/);
@@ -148,21 +88,7 @@ testOrSkip("pacemaker_test", NAME, reason, async () => {
       assert.match(log, /torn down/);
     } finally {
       // Whatever happened to the script: no daemon of ours may survive it.
-      let pids = "";
-      try {
-        pids = await Deno.readTextFile(`${w}/pids`);
-      } catch {
-        // the script recorded none
-      }
-      for (const line of pids.split("\n")) {
-        const [what, pid] = line.split(" ");
-        if (!pid || !alive(+pid)) continue;
-        const comm = (await output("ps", ["-o", "comm=", "-p", pid])).stdout.trim();
-        if (/^(corosync|pacemaker)/.test(comm)) {
-          console.log(`pacemaker_test: ${what} pid ${pid} (${comm}) left running: SIGKILL`);
-          Deno.kill(+pid, "SIGKILL");
-        }
-      }
+      await killRecorded(w, /^(corosync|pacemaker)/);
       // The agent's background cmappmgr, and the application on the guest.
       try {
         for await (const e of Deno.readDir(`${w}/state`)) {
