@@ -32,6 +32,7 @@ import { type OptionSpec, parseArgs, UsageError } from "./_args.ts";
 import { mergeSettings, readConfig } from "./_config.ts";
 import { printErr, printOut } from "./_io.ts";
 import { runKeygen } from "./_keygen.ts";
+import { Readiness } from "./_readiness.ts";
 
 const PROGRAM = "cmappserver";
 const DEFAULT_KEYDIR = "/etc/cmappserver";
@@ -63,6 +64,7 @@ const SPEC: Record<string, OptionSpec> = {
   loglevel: { type: "string" },
   logfile: { type: "string" },
   syslog: { type: "string" },
+  readyfile: { type: "string" },
   help: { type: "boolean", short: "h" },
   version: { type: "boolean", short: "V" },
 };
@@ -105,6 +107,8 @@ docs/cmappserver.md describes each one.
   -loglevel LEVEL           error, warn, info (default) or debug
   -logfile FILE             log to FILE instead of stderr (reopened on SIGHUP)
   -syslog yes|no            also log to syslog, facility daemon (default no)
+  -readyfile FILE           write the daemon's pid to FILE once it serves, remove
+                            it at exit: readiness for init scripts (default none)
   -help                     this text
   -version                  the version
 
@@ -113,8 +117,12 @@ processes keep running and are re-adopted by the next cmappserver on the same
 state directory (unless stop_on_exit). SIGHUP: reopen the log file and reload
 KEYDIR/trusted/*.pem; live connections stay.
 
-Exit status: 0 after SIGTERM or SIGINT, 1 when it cannot start serving, 2 for a
-bad command line, configuration file or key directory.
+Readiness: under systemd (Type=notify, $NOTIFY_SOCKET) it sends READY=1 once
+it listens and has re-adopted its runs, and STOPPING=1 at exit.
+
+Exit status: 0 after SIGTERM or SIGINT, 1 when it cannot start serving (or
+write -readyfile), 2 for a bad command line, configuration file or key
+directory.
 `;
 
 /**
@@ -174,6 +182,7 @@ export async function main(args: string[]): Promise<number> {
       level: level as LogLevel,
       logfile: s.string("logfile", ""),
       syslog: s.bool("syslog", false),
+      readyFile: s.string("readyfile", ""),
     };
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
@@ -220,6 +229,14 @@ export async function main(args: string[]): Promise<number> {
   const signalled = new Promise<string>((resolve) => {
     for (const s of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(s, () => resolve(s));
   });
+  // Read once: the applications never see it (their environment is built, not inherited).
+  const readiness = new Readiness({
+    notifySocket: Deno.env.get("NOTIFY_SOCKET") ?? "",
+    socketDir: cfg.statedir,
+    readyFile: cfg.readyFile,
+    logger,
+  });
+  await readiness.clear();
   try {
     server = await startServer({
       identity,
@@ -251,10 +268,21 @@ export async function main(args: string[]): Promise<number> {
     return 1;
   }
   logger.info(`certificate ${identity.info.fingerprint}`);
+  try {
+    await readiness.ready(
+      `listening on ${server.hostname}:${server.port}, ${server.runs.running} run(s)`,
+    );
+  } catch (e) {
+    logger.error((e as Error).message);
+    await server.close();
+    await closeSinks();
+    return 1;
+  }
   if (cfg.obsoleteSupervisor) {
     logger.warn(`option supervisor is obsolete and ignored: the supervisor is built in`);
   }
   const sig = await signalled;
+  await readiness.stopping();
   if (cfg.stopOnExit) {
     logger.info(`${sig}: stopping ${server.runs.running} monitored process(es), then exiting`);
   } else {

@@ -11,14 +11,7 @@
 // the reason printed, when a prerequisite is missing.
 import { testOrSkip } from "./_skip.ts";
 import assert from "node:assert/strict";
-import {
-  killGroup,
-  makeKeys,
-  mgrArgs,
-  reapUnder,
-  runMgr,
-  startServerProcess,
-} from "./_harness.ts";
+import { killGroup, makeKeys, mgrArgs, reapUnder, runMgr, startServerProcess } from "./_harness.ts";
 import {
   clusterSkipReason,
   killRecorded,

@@ -16,6 +16,7 @@ import {
   killGroup,
   makeKeys,
   mgrArgs,
+  processes,
   programCommand,
   reapUnder,
   runMgr,
@@ -437,23 +438,42 @@ for (const variant of ["start-stop-daemon", "plain sh"] as const) {
       const env = {
         CMAPPSERVER_DEFAULTS: `${d}/default`,
         CMAPPSERVER_PIDFILE: `${d}/cmappserver.pid`,
+        CMAPPSERVER_READYFILE: `${d}/cmappserver.ready`,
       };
       const init = (action: string) => run(INIT, [action], env);
       const log = `${d}/daemon.log`;
       try {
         await writeWrapper(`${d}/daemon`, "cmappserver");
+        // A daemon slow to start (a busy machine, many runs to re-adopt; longer than the 3 s the
+        // script once slept), and one that never
+        // says it is ready.
+        // (Named so that the script, which checks a pid's command line, takes them for it.)
+        await Deno.writeTextFile(
+          `${d}/slow-cmappserver`,
+          `#!/bin/sh\nsleep 4\nexec ${d}/daemon "$@"\n`,
+        );
+        await Deno.writeTextFile(
+          `${d}/never-cmappserver`,
+          `#!/bin/sh\ntrap 'exit 0' TERM\nwhile :; do sleep 1; done\n`,
+        );
+        await Deno.chmod(`${d}/slow-cmappserver`, 0o755);
+        await Deno.chmod(`${d}/never-cmappserver`, 0o755);
         const args = `-config /dev/null -keydir ${keys.server} -statedir ${d}/state ` +
           `-bind 127.0.0.1 -port 0`;
         const defaults = `DAEMON=${d}/daemon\nDAEMON_ARGS="${args}"\nDAEMON_OUTPUT=${log}\n` +
-          `START_WAIT=1\nSTOP_TIMEOUT=20\nNOFILE=4000\n` +
+          `STOP_TIMEOUT=20\nNOFILE=4000\n` +
           (variant === "plain sh" ? "START_STOP_DAEMON=\n" : "");
         await Deno.writeTextFile(`${d}/default`, defaults);
         assert.equal((await init("status")).code, 3, "status before the first start");
         assert.equal((await init("stop")).code, 0, "stop before the first start");
         assert.equal((await init("reload")).code, 7, "reload when not running");
 
+        // start returns once the daemon serves, however long that takes.
+        await Deno.writeTextFile(`${d}/default`, defaults + `DAEMON=${d}/slow-cmappserver\n`);
         const started = await init("start");
         assert.equal(started.code, 0, started.stdout + started.stderr);
+        assert.match(await Deno.readTextFile(log), /listening on/, "serving when start returns");
+        await Deno.writeTextFile(`${d}/default`, defaults);
         const pid = +(await Deno.readTextFile(`${d}/cmappserver.pid`)).trim();
         assert.ok(alive(pid));
         // NOFILE from the defaults file is the daemon's RLIMIT_NOFILE, soft and hard.
@@ -531,16 +551,28 @@ for (const variant of ["start-stop-daemon", "plain sh"] as const) {
         assert.equal(soft, hard);
         assert.equal((await init("stop")).code, 0);
 
-        // A bad configuration: start fails, with the reason (given time to
-        // fail: Deno starts slowly on a busy machine).
+        // A bad configuration: start fails as soon as the daemon exits, with the reason.
         await Deno.writeTextFile(
           `${d}/default`,
-          defaults + `DAEMON_ARGS="$DAEMON_ARGS -max_processes sixty"\nSTART_WAIT=10\n`,
+          defaults + `DAEMON_ARGS="$DAEMON_ARGS -max_processes sixty"\n`,
         );
         const badStart = await init("start");
         assert.equal(badStart.code, 1);
         assert.match(badStart.stderr, /max_processes/);
         assert.equal((await init("status")).code, 3);
+        // Never ready: start gives up after START_TIMEOUT, and stops what it started.
+        await Deno.writeTextFile(
+          `${d}/default`,
+          defaults + `DAEMON=${d}/never-cmappserver\nSTART_TIMEOUT=2\n`,
+        );
+        const neverReady = await init("start");
+        assert.equal(neverReady.code, 1, neverReady.stdout + neverReady.stderr);
+        assert.match(neverReady.stderr, /not ready after 2 s; stopped it/);
+        assert.equal((await init("status")).code, 3);
+        assert.deepEqual(
+          (await processes()).filter((p) => p.args.includes("never-cmappserver")),
+          [],
+        );
         // Not installed: 5.
         await Deno.writeTextFile(`${d}/default`, defaults + `DAEMON=${d}/nonexistent\n`);
         assert.equal((await init("start")).code, 5);

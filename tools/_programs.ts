@@ -52,8 +52,14 @@ export function programCommand(program: "cmappserver" | "cmappmgr"): string[] {
  *   garbage (the live heap was 11 MiB); with them, by 56 MiB, at the same
  *   throughput. (`--optimize-for-size` did as well on memory but tripled the
  *   daemon's CPU per GiB of stdin.)
+ * - cmappserver: `--unstable-net`, for the one unix datagram it sends to
+ *   systemd's $NOTIFY_SOCKET when it is ready (`Deno.listenDatagram`; the
+ *   runtime has no stable way to send a datagram to a unix socket).
  */
 export const RUNTIME_FLAGS: Record<"cmappserver" | "cmappmgr", readonly string[]> = {
-  cmappserver: ["--v8-flags=--expose-gc,--max-semi-space-size=1,--heap-growing-percent=10"],
+  cmappserver: [
+    "--unstable-net",
+    "--v8-flags=--expose-gc,--max-semi-space-size=1,--heap-growing-percent=10",
+  ],
   cmappmgr: ["--v8-flags=--expose-gc"],
 };
