@@ -54,6 +54,7 @@ const SPEC: Record<string, OptionSpec> = {
   port: { type: "string" },
   keydir: { type: "string" },
   service_name: { type: "string" },
+  attach: { type: "boolean" },
   cmappserver_timeout: { type: "string" },
   poll_interval: { type: "string" },
   stop_timeout: { type: "string" },
@@ -96,8 +97,12 @@ the first argument that is not one, or at --):
   -keydir DIR                key directory: key.pem, cert.pem and trusted/*.pem,
                              the guests we trust (default ${DEFAULT_KEYDIR})
   -service_name NAME         the run's name on the guest: a launch under a name
-                             that is still running attaches to it instead of
-                             starting a second copy (default: derived from COMMAND)
+                             that is still running the same command (user, cwd,
+                             environment) attaches to it instead of starting a
+                             second copy; another command is refused, exit 209
+                             (default: derived from COMMAND)
+  -attach                    attach to whatever runs under the name, even another
+                             command (COMMAND is started only if nothing does)
   -cmappserver_timeout SECS  how long the guest may stay unreachable or silent
                              before cmappmgr gives up (default 30)
   -poll_interval SECS        status poll interval (default 1)
@@ -155,6 +160,8 @@ Exit status:
   206      cmappserver refused to start the command (process limit, policy)
   207      the run is lost: its exit status cannot be known
   208      local key directory missing or invalid
+  209      a run of that name runs another command (user, cwd, environment), or
+           ended so and its exit status is uncollected: -stop it, or -attach
 `;
 
 interface _Config {
@@ -162,6 +169,8 @@ interface _Config {
   port: number;
   keydir: string;
   serviceName: string;
+  /** -attach: follow whatever runs under the name. */
+  attach: boolean;
   timeoutMs: number;
   pollMs: number;
   stopTimeoutMs: number | undefined;
@@ -232,6 +241,7 @@ async function _parse(args: string[]): Promise<_Config | number> {
     port: s.int("port", 5315, 1, 65535),
     keydir: s.string("keydir", DEFAULT_KEYDIR),
     serviceName,
+    attach: s.bool("attach", false),
     timeoutMs: s.seconds("cmappserver_timeout", 30, 0.1, 86400),
     pollMs: s.seconds("poll_interval", 1, 0.01, 3600),
     stopTimeoutMs: s.has("stop_timeout") ? s.seconds("stop_timeout", 10, 0, 86400) : undefined,
@@ -297,6 +307,7 @@ function _fail(e: unknown): number {
     printErr(`cmappmgr: ${e.message}\n`);
     if (e.code === "not_found") return MGR_EXIT.notFound;
     if (e.code === "not_executable" || e.code === "spawn_failed") return MGR_EXIT.notExecutable;
+    if (e.code === "conflict") return MGR_EXIT.conflict;
     return MGR_EXIT.refused;
   }
   if (e instanceof _mgr.ManagerError) {
@@ -504,6 +515,7 @@ async function main(args: string[]): Promise<number> {
         cwd: cfg.cwd,
         user: cfg.user,
         group: cfg.group,
+        attachAny: cfg.attach,
       },
       serverTimeoutMs: cfg.timeoutMs,
       pollIntervalMs: cfg.pollMs,

@@ -34,6 +34,12 @@ export const MGR_EXIT = {
   runLost: 207,
   /** Local setup problem: key directory missing, unreadable or invalid. */
   config: 208,
+  /**
+   * A run of the name runs another command (or the same one as another user,
+   * in another directory, with another environment), or ended so with its
+   * exit status uncollected: refused rather than followed (see -attach).
+   */
+  conflict: 209,
 } as const;
 
 /**

@@ -90,6 +90,13 @@ export interface LaunchOptions {
   streams?: boolean;
   /** Protocol 1.2: feed the process's stdin (see {@linkcode Client.sendStdin}). */
   stdin?: boolean;
+  /**
+   * Protocol 1.5: attach to a run of this name whatever it runs. Without it
+   * the server refuses (LaunchError `conflict`) when the run of the name has
+   * another argv, user, group, working directory or environment. (Servers
+   * below 1.5 always attach.)
+   */
+  attachAny?: boolean;
 }
 
 /** A launch's outcome. */
@@ -216,7 +223,8 @@ export class Client {
    */
   async launch(argv: string[], options: LaunchOptions = {}): Promise<Launched> {
     if (
-      !this.features.names && Object.values(options).some((v) => v !== undefined && v !== false)
+      !this.features.names &&
+      Object.entries(options).some(([k, v]) => k !== "attachAny" && v !== undefined && v !== false)
     ) {
       throw new ManagerError(
         "version",
@@ -231,6 +239,7 @@ export class Client {
     if (options.user !== undefined) msg.user = options.user;
     if (options.group !== undefined) msg.group = options.group;
     if (options.stopTimeoutMs !== undefined) msg.stop_timeout_ms = options.stopTimeoutMs;
+    if (options.attachAny && this.features.conflicts) msg.attach_any = true;
     if (options.streams || options.stdin) {
       if (!this.features.streams) {
         throw new ManagerError(

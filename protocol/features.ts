@@ -20,6 +20,8 @@ export interface Features {
   readonly resume: boolean;
   /** 1.4: the server says when a manager no longer feeds a run's stdin (`close_stream` stdin). */
   readonly stdinClose: boolean;
+  /** 1.5: a launch under a name whose run differs is refused (`conflict`) unless `attach_any`. */
+  readonly conflicts: boolean;
 }
 
 /**
@@ -39,6 +41,7 @@ export function featuresOf(v: ProtocolVersion): Features {
     streams: v.minor >= 2,
     resume: v.minor >= 3,
     stdinClose: v.minor >= 4,
+    conflicts: v.minor >= 5,
   });
 }
 
@@ -49,4 +52,5 @@ export const NO_FEATURES: Features = Object.freeze({
   streams: false,
   resume: false,
   stdinClose: false,
+  conflicts: false,
 });

@@ -34,6 +34,7 @@ export type ErrorCode =
   | "unknown_run"
   | "policy"
   | "shutting_down"
+  | "conflict"
   | "internal";
 
 const ERROR_CODES: ReadonlySet<string> = new Set<ErrorCode>([
@@ -47,6 +48,7 @@ const ERROR_CODES: ReadonlySet<string> = new Set<ErrorCode>([
   "unknown_run",
   "policy",
   "shutting_down",
+  "conflict",
   "internal",
 ]);
 
@@ -94,6 +96,12 @@ export interface LaunchMessage {
   streams?: boolean;
   /** Since 1.2: the manager sends the process's stdin (else /dev/null). */
   stdin?: boolean;
+  /**
+   * Since 1.5: attach to the run of this name whatever it runs. Without it,
+   * a run of the name with another argv, user, group, cwd or environment
+   * refuses the launch (`conflict`).
+   */
+  attach_any?: boolean;
 }
 
 /** Since 1.1: asks the server to stop a run (SIGTERM to its process group, then SIGKILL). */
@@ -608,6 +616,7 @@ function _launch(o: Obj): LaunchMessage {
   const m: LaunchMessage = { type: "launch", id: _id(o), argv: _argv(o) };
   if (o.streams === true) m.streams = true;
   if (o.stdin === true) m.stdin = true;
+  if (o.attach_any === true) m.attach_any = true;
   const name = _optional(o, "name", _name);
   if (name !== undefined) m.name = name;
   const env = _optional(o, "env", _env);

@@ -15,7 +15,7 @@ export interface ProtocolVersion {
 }
 
 /** The version this code speaks. */
-export const PROTOCOL_VERSION: Readonly<ProtocolVersion> = Object.freeze({ major: 1, minor: 4 });
+export const PROTOCOL_VERSION: Readonly<ProtocolVersion> = Object.freeze({ major: 1, minor: 5 });
 
 /**
  * Decides whether we can talk to a peer and at which version.

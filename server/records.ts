@@ -37,6 +37,12 @@ export interface RunRecord {
   streams: boolean;
   /** Its stdin comes from cmappserver. */
   stdin: boolean;
+  /**
+   * Digest of what it runs as, besides argv: user, group, working directory
+   * and environment as asked ({@linkcode launchSpec}). Absent in records of
+   * earlier versions, whose runs are then compared by argv alone.
+   */
+  spec?: string;
 }
 
 /**
@@ -210,13 +216,47 @@ export function parseRunRecord(text: string, id: string): AnyRunRecord {
   if (o.format !== RECORD_FORMAT) _bad(`format ${JSON.stringify(o.format)}`);
   if (typeof o.streams !== "boolean") _bad("streams");
   if (typeof o.stdin !== "boolean") _bad("stdin");
+  if (o.spec !== undefined && (typeof o.spec !== "string" || !/^[0-9a-f]{1,64}$/.test(o.spec))) {
+    _bad("spec");
+  }
   return {
     format: 2,
     seq: _int(o, "seq", 1, Number.MAX_SAFE_INTEGER),
     ...common,
     streams: o.streams,
     stdin: o.stdin,
+    ...(o.spec === undefined ? {} : { spec: o.spec as string }),
   };
+}
+
+/** What a launch asks to run as, besides argv. */
+export interface LaunchContext {
+  /** User to run as. */
+  user?: string;
+  /** Group to run as. */
+  group?: string;
+  /** Working directory ("/" when absent). */
+  cwd?: string;
+  /** The whole environment (none when absent). */
+  env?: Record<string, string>;
+}
+
+/**
+ * A digest of a launch's user, group, working directory and environment, so
+ * that a later launch under the same name can be told apart without keeping
+ * the environment (which may hold secrets) in the record.
+ *
+ * @example
+ * ```ts
+ * import { launchSpec } from "./records.ts";
+ * (await launchSpec({ cwd: "/srv" })) === (await launchSpec({ cwd: "/srv", env: {} })); // true
+ * ```
+ */
+export async function launchSpec(c: LaunchContext): Promise<string> {
+  const env = Object.entries(c.env ?? {}).sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0);
+  const text = JSON.stringify([c.user ?? null, c.group ?? null, c.cwd ?? "/", env]);
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return Array.from(new Uint8Array(digest, 0, 16), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /**

@@ -18,6 +18,7 @@ import type { ProgramFailure } from "./program.ts";
 import {
   type AnyRunRecord,
   type ExitRecord,
+  launchSpec,
   type Outcome,
   RECORD_FORMAT,
   type RunRecord,
@@ -75,10 +76,10 @@ export function hasEnded(run: Run): boolean {
   return run.exit !== null || run.lost !== null;
 }
 
-/** A launch refused by a limit or the policy. */
+/** A launch refused by a limit, the policy, or a run of its name that runs something else. */
 export interface Refusal {
-  /** "limit" or "policy". */
-  code: "limit" | "policy";
+  /** "limit", "policy" or "conflict". */
+  code: "limit" | "policy" | "conflict";
   /** One line for the manager. */
   message: string;
 }
@@ -115,6 +116,8 @@ export interface RunLaunchOptions extends LaunchRequest {
   streams?: boolean;
   /** Let a manager feed stdin. */
   stdin?: boolean;
+  /** Attach to a run of the name whatever it runs (else another command is a conflict). */
+  attachAny?: boolean;
 }
 
 /** Listener told when a run ends. */
@@ -223,6 +226,7 @@ export class RunTable {
     launchedBy: string,
   ): Promise<{ run: Run; attached: boolean } | Refusal | ProgramFailure> {
     const name = req.name ?? await deriveName(req.argv);
+    const spec = await launchSpec(req);
     // One launch per name at a time: a second one waits, then attaches.
     for (;;) {
       const busy = this.#launching.get(name);
@@ -232,7 +236,10 @@ export class RunTable {
       }
       const existing = this.#byName.get(name);
       if (!existing || (hasEnded(existing) && existing.delivered)) break;
-      if (existing.pid !== 0) return { run: existing, attached: true };
+      if (existing.pid !== 0) {
+        const conflict = req.attachAny ? null : this.#conflict(existing, req.argv, spec);
+        return conflict ?? { run: existing, attached: true };
+      }
       await this.#confirmed(existing); // then look again: it may have been forgotten
     }
     if (this.#live + this.#starting >= this.#o.maxProcesses) {
@@ -252,6 +259,31 @@ export class RunTable {
       if (slot.held) this.#starting--;
       this.#launching.delete(name);
     }
+  }
+
+  /**
+   * Why a launch of `argv` (with `spec`) may not attach to `run` of the same
+   * name: it runs another command, or the same one otherwise (records of
+   * earlier versions, without a spec, are compared by argv alone).
+   */
+  #conflict(run: Run, argv: readonly string[], spec: string): Refusal | null {
+    const record = this.#slots.get(run.id)?.record;
+    const theirs = record?.format === RECORD_FORMAT ? record.spec : undefined;
+    const sameArgv = argv.length === run.argv.length && argv.every((a, i) => a === run.argv[i]);
+    if (sameArgv && (theirs === undefined || theirs === spec)) return null;
+    const what = hasEnded(run)
+      ? `ended (${run.exit ? describeExit(run.exit) : "how is unknown"}) and its exit status ` +
+        `has not been collected`
+      : `is running (pid ${run.pid}, since ${run.startedAt.toISOString()})`;
+    const differs = sameArgv
+      ? `the same command with another user, group, working directory or environment`
+      : `another command: ${_shown(argv)}`;
+    return {
+      code: "conflict",
+      message: `a run named ${run.name} ${what}: ${_shown(run.argv)}; this launch asks for ` +
+        `${differs}. Stop it first (cmappmgr -stop ${run.name}), or attach to it as it is ` +
+        `(cmappmgr -attach)`,
+    };
   }
 
   /** Starts a run in a reserved slot (`reserved.held` until the run is in the table). */
@@ -275,6 +307,7 @@ export class RunTable {
       stopTimeoutMs: req.stopTimeoutMs ?? this.#o.stopTimeoutMs,
       streams: !!(req.streams || req.stdin),
       stdin: !!req.stdin,
+      spec: await launchSpec(req),
     };
     const { id } = record;
     crashPoint("launch.before-record");
@@ -876,6 +909,13 @@ export class RunTable {
     (run.delivered ? this.#delivered : this.#undelivered).add(run);
     this.#byEnd.add(run);
   }
+}
+
+/** argv as one line for a message: words with blanks or quotes quoted, at most 200 characters. */
+function _shown(argv: readonly string[]): string {
+  const line = argv.map((a) => /^[A-Za-z0-9_@%+=:,./-]+$/.test(a) ? a : JSON.stringify(a))
+    .join(" ");
+  return line.length > 200 ? `${line.slice(0, 199)}…` : line;
 }
 
 /** Runs `f` over `items`, at most `limit` at a time. */
