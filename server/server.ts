@@ -157,7 +157,7 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
       onListenerEvent: (message) => logger.warn(message),
       onSecureConnection(socket, peer) {
         if (peer.problem || !peer.fingerprint) {
-          logger.warn(`rejected manager ${peer.address}: ${peer.problem}`);
+          logger.warn(`rejected manager ${peer.address}: ${peer.refusal}: ${peer.problem}`);
           const refusal: ServerMessage = {
             type: "error",
             code: "unauthorized",

@@ -12,7 +12,7 @@ import {
 } from "./_harness.ts";
 import { MGR_EXIT } from "../cli/exit_codes.ts";
 import { connect, ManagerError } from "../manager/mod.ts";
-import { generateIdentity, loadTrust } from "../tls/mod.ts";
+import { generateIdentity, loadIdentity, loadTrust } from "../tls/mod.ts";
 
 const DAY = 86400_000;
 
@@ -31,7 +31,14 @@ Deno.test("certificates: pinned trust on both sides", async (t) => {
       assert.equal(r.code, MGR_EXIT.rejected, r.stderr);
       assert.match(r.stderr, /refused our certificate/);
       assert.equal(r.stderr.trim().split("\n").length, 1, "one clear line");
-      await server.waitForLog(/rejected connection from 127\.0\.0\.1:\d+/);
+      // The guest's log says who, with which certificate, and why, in plain words.
+      const fp = (await loadIdentity(stranger, "test")).info.fingerprint;
+      await server.waitForLog(
+        new RegExp(
+          `rejected manager 127\\.0\\.0\\.1:\\d+: not pinned: certificate ${fp} ` +
+            `\\(CN=[^)]*\\) is not in \\S*trusted`,
+        ),
+      );
     });
     await t.step("and the server keeps serving trusted managers", async () => {
       const r = await runMgr(mgrArgs(keys, server, "/bin/sh", "-c", "exit 5"));
@@ -51,6 +58,10 @@ Deno.test("certificates: pinned trust on both sides", async (t) => {
       assert.match(
         r.stderr,
         /server certificate [0-9A-F:]{95} \(CN=cmappserver@test\) is not in .*trusted/,
+      );
+      // The guest's log: the manager refused the guest's certificate, not the other way round.
+      await server.waitForLog(
+        /rejected connection from 127\.0\.0\.1:\d+: the manager does not trust this guest's certificate/,
       );
     });
     await t.step(
@@ -75,7 +86,9 @@ Deno.test("certificates: pinned trust on both sides", async (t) => {
         assert.ok(err instanceof ManagerError, String(err));
         assert.equal(err.kind, "rejected");
         assert.match(err.message, /expired on \d{4}-/);
-        await server.waitForLog(/rejected manager 127\.0\.0\.1:\d+: certificate .* expired on/);
+        await server.waitForLog(
+          /rejected manager 127\.0\.0\.1:\d+: expired: certificate [0-9A-F:]{95} .* expired on/,
+        );
       },
     );
     await t.step("a manager certificate not yet valid is refused with the reason", async () => {

@@ -161,32 +161,32 @@ Deno.test("TLS attacks and 1000 idle connections: legitimate managers keep launc
       [
         "an untrusted client certificate",
         async () => _tlsAttempt(port, await _identityPems(`${bad.path}/stranger`)),
-        /rejected connection from 127\.0\.0\.1:\d+/,
+        /rejected manager 127\.0\.0\.1:\d+: not pinned: certificate [0-9A-F:]{95} \(CN=[^)]*\) is not in \S*trusted/,
       ],
       [
         "an expired client certificate, though pinned",
         async () => _tlsAttempt(port, await _identityPems(`${bad.path}/expired`)),
-        /rejected manager 127\.0\.0\.1:\d+: certificate .* expired on/,
+        /rejected manager 127\.0\.0\.1:\d+: expired: certificate [0-9A-F:]{95} .* expired on/,
       ],
       [
         "a not yet valid client certificate, though pinned",
         async () => _tlsAttempt(port, await _identityPems(`${bad.path}/future`)),
-        /rejected manager 127\.0\.0\.1:\d+: certificate .* not valid before/,
+        /rejected manager 127\.0\.0\.1:\d+: not yet valid: certificate .* not valid before/,
       ],
       [
         "a CA:TRUE client certificate",
         async () => _tlsAttempt(port, await _identityPems(`${bad.path}/ca`)),
-        /rejected connection from/,
+        /rejected manager 127\.0\.0\.1:\d+: not pinned: certificate [0-9A-F:]{95}/,
       ],
       [
         "no client certificate",
         () => Promise.resolve(_tlsAttempt(port)),
-        /rejected connection from/,
+        /rejected manager 127\.0\.0\.1:\d+: no certificate: none was presented/,
       ],
       [
         "plaintext",
         () => _rawTcp(port, te.encode("hello there\n")).then(() => async () => {}),
-        /sent something that is not TLS/,
+        /rejected connection from 127\.0\.0\.1:\d+: not a TLS client: it sent plaintext or garbage/,
       ],
       [
         "an HTTP request",
@@ -194,7 +194,7 @@ Deno.test("TLS attacks and 1000 idle connections: legitimate managers keep launc
           _rawTcp(port, te.encode("GET / HTTP/1.1\r\nHost: guest\r\n\r\n")).then(
             () => async () => {},
           ),
-        /sent something that is not TLS/,
+        /rejected connection from 127\.0\.0\.1:\d+: not a TLS client: it sent plaintext or garbage/,
       ],
     ];
     for (const [name, attack, logged] of attacks) {

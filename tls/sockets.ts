@@ -25,6 +25,26 @@ export interface PeerCheck {
   info: CertificateInfo | null;
   /** Why it is refused, or null when it is accepted. */
   problem: string | null;
+  /**
+   * The refusal in plain words, for logs: "no certificate", "not pinned",
+   * "expired", "not yet valid" or "a CA certificate"; null when accepted.
+   */
+  refusal: PeerRefusal | null;
+}
+
+/** Why a peer's certificate is refused, in the words a log uses. */
+export type PeerRefusal =
+  | "no certificate"
+  | "not pinned"
+  | "expired"
+  | "not yet valid"
+  | "a CA certificate";
+
+/** The plain-words kind of a {@linkcode certificateProblem}. */
+function _refusalOf(problem: string): PeerRefusal {
+  if (problem.startsWith("expired")) return "expired";
+  if (problem.startsWith("not valid before")) return "not yet valid";
+  return "a CA certificate";
 }
 
 type _Peer = { remoteAddress?: string; remotePort?: number; _parent?: _Peer };
@@ -82,7 +102,13 @@ async function _checkPeer(sock: tls.TLSSocket, trust: TrustStore): Promise<PeerC
   const address = _address(sock);
   const raw = sock.getPeerCertificate(true)?.raw;
   if (!raw || raw.length === 0) {
-    return { address, fingerprint: null, info: null, problem: "presented no certificate" };
+    return {
+      address,
+      fingerprint: null,
+      info: null,
+      problem: "none was presented",
+      refusal: "no certificate",
+    };
   }
   const presented = await certificateFromDer(new Uint8Array(raw));
   const pinned = trust.byFingerprint.get(presented.fingerprint);
@@ -92,6 +118,7 @@ async function _checkPeer(sock: tls.TLSSocket, trust: TrustStore): Promise<PeerC
       fingerprint: presented.fingerprint,
       info: presented,
       problem: `certificate ${presented.fingerprint} (${presented.subject}) is not in ${trust.dir}`,
+      refusal: "not pinned",
     };
   }
   const problem = certificateProblem(pinned);
@@ -100,6 +127,7 @@ async function _checkPeer(sock: tls.TLSSocket, trust: TrustStore): Promise<PeerC
     fingerprint: pinned.fingerprint,
     info: pinned,
     problem: problem ? `certificate ${pinned.fingerprint} (${pinned.subject}) ${problem}` : null,
+    refusal: problem ? _refusalOf(problem) : null,
   };
 }
 
@@ -155,8 +183,11 @@ export function listenTls(options: TlsListenOptions): Promise<TlsListener> {
     key: options.identity.keyPem,
     cert: options.identity.certPem,
     ca: trust.pems,
+    // A certificate is asked for, and its possession proven (TLS checks the client's signature
+    // whatever else), but the pins are checked after the handshake (_checkPeer): a refusal in the
+    // handshake would leave neither side knowing which certificate was refused, or why.
     requestCert: true,
-    rejectUnauthorized: true,
+    rejectUnauthorized: false,
     handshakeTimeout: options.handshakeTimeoutMs,
     minVersion: "TLSv1.2",
   });
@@ -268,17 +299,31 @@ export function listenTls(options: TlsListenOptions): Promise<TlsListener> {
   });
 }
 
+/**
+ * A failed server-side handshake in plain words. The server refuses no
+ * client certificate during the handshake (the pins are checked after it),
+ * so an alert about certificates comes from a client that refused ours.
+ */
 function _tlsReason(err: Error): string {
   const msg = err.message || String(err);
-  if (/handshake timeout/i.test(msg)) return "did not finish the TLS handshake in time";
+  if (/handshake timeout/i.test(msg)) {
+    return "handshake timeout: it did not finish the TLS handshake in time";
+  }
   if (/wrong version number|InvalidContentType|http request|corrupt message/i.test(msg)) {
-    return "sent something that is not TLS (plaintext or garbage)";
+    return "not a TLS client: it sent plaintext or garbage";
   }
-  if (/UnknownCA|unknown ca|BadCertificate|certificate required|CertificateRequired/i.test(msg)) {
-    return `TLS handshake failed: ${msg} (client certificate not trusted or missing)`;
+  const alert = /fatal alert:? *(\w+)/i.exec(msg)?.[1];
+  if (
+    alert && /UnknownCA|BadCertificate|CertificateUnknown|DecryptError|Unsupported|Expired/i.test(
+      alert,
+    )
+  ) {
+    return `the manager does not trust this guest's certificate (TLS alert ${alert}): pin this ` +
+      `guest's cert.pem in the host's trusted/ directory`;
   }
+  if (alert) return `the client ended the TLS handshake with the alert ${alert}`;
   if (/ECONNRESET|socket hang up|EPIPE/i.test(msg)) {
-    return "closed the connection during the handshake";
+    return "hung up: it closed the connection during the TLS handshake";
   }
   return `TLS handshake failed: ${msg}`;
 }
