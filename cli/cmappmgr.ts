@@ -458,7 +458,7 @@ async function main(args: string[]): Promise<number> {
     cfg = parsed;
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
-    printErr(`cmappmgr: ${e.message}\n${USAGE}`);
+    printErr(`cmappmgr: ${e.message} (cmappmgr -help lists the options)\n`);
     return MGR_EXIT.usage;
   }
   await _loadNet();

@@ -186,7 +186,7 @@ export async function main(args: string[]): Promise<number> {
     };
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
-    printErr(`cmappserver: ${e.message}\n`);
+    printErr(`cmappserver: ${e.message} (cmappserver -help lists the options)\n`);
     return 2;
   }
   const fileSink = cfg.logfile ? new FileSink(cfg.logfile) : null;
