@@ -9,6 +9,7 @@ import {
   CreditError,
   decodeServerMessage,
   DEFAULT_MAX_FRAME_SIZE,
+  DEFAULT_PORT,
   type ExitStatus,
   type Features,
   featuresOf,
@@ -592,7 +593,7 @@ interface ClientEvents {
  * ```
  */
 export async function connect(options: ConnectOptions): Promise<Client> {
-  const port = options.port ?? 5315;
+  const port = options.port ?? DEFAULT_PORT;
   const timeoutMs = options.timeoutMs ?? 10_000;
   const where = `${options.host}:${port}`;
   const started = Date.now();

@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { ExitStatus } from "../protocol/mod.ts";
+import { DEFAULT_PORT, type ExitStatus } from "../protocol/mod.ts";
 import { type Logger, silentLogger } from "../log/logger.ts";
 import {
   Client,
@@ -126,6 +126,8 @@ export interface RunOutcome {
 }
 
 const _RETRYABLE = new Set(["unreachable", "lost"]);
+/** While it retries a connection, cmappmgr says so this often. */
+const _PROGRESS_EVERY_MS = 5000;
 // While re-attaching, a refusal may be a server restarting with a trust
 // store being rewritten: keep trying until the deadline, then report it.
 const _RETRYABLE_REATTACH = new Set(["unreachable", "lost", "rejected"]);
@@ -149,6 +151,8 @@ async function _connectUntil(
 ): Promise<Client> {
   let backoff = 100;
   let last: ManagerError | null = null;
+  const started = Date.now();
+  let said = started;
   for (;;) {
     const remaining = deadline - Date.now();
     if (remaining <= 0) {
@@ -159,7 +163,19 @@ async function _connectUntil(
       return await connect({ ...options, timeoutMs: Math.min(remaining, 10_000) });
     } catch (e) {
       if (!(e instanceof ManagerError) || !retryable.has(e.kind)) throw e;
-      if (!last || last.message !== e.message) logger.warn(`${e.message}; retrying`);
+      const now = Date.now();
+      if (!last || last.message !== e.message) {
+        logger.warn(`${e.message}; retrying`);
+        said = now;
+      } else if (now - said >= _PROGRESS_EVERY_MS && deadline > now) {
+        // Not one warning and then silence until the deadline: what it waits for, and how long.
+        logger.warn(
+          `still cannot reach cmappserver at ${options.host}:${options.port ?? DEFAULT_PORT} ` +
+            `after ${Math.round((now - started) / 1000)} s (${e.message}); trying for ` +
+            `${Math.ceil((deadline - now) / 1000)} s more`,
+        );
+        said = now;
+      }
       last = e;
     }
     const pause = _sleep(Math.min(backoff, Math.max(0, deadline - Date.now())));

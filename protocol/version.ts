@@ -14,6 +14,9 @@ export interface ProtocolVersion {
   minor: number;
 }
 
+/** The TCP port cmappserver listens on unless told otherwise. */
+export const DEFAULT_PORT = 5315;
+
 /** The version this code speaks. */
 export const PROTOCOL_VERSION: Readonly<ProtocolVersion> = Object.freeze({ major: 1, minor: 5 });
 

@@ -8,6 +8,7 @@
 import {
   type ByteStream,
   DEFAULT_MAX_FRAME_SIZE,
+  DEFAULT_PORT,
   encodeFrame,
   encodeMessage,
   MAX_TEXT_LENGTH,
@@ -27,8 +28,7 @@ interface PeerIdentity {
   fingerprint: string;
 }
 
-/** The port cmappserver listens on unless told otherwise. */
-export const DEFAULT_PORT = 5315;
+export { DEFAULT_PORT };
 /** Default largest number of monitored processes. */
 export const DEFAULT_MAX_PROCESSES = 30;
 /** Default largest number of connections at once (see docs/cmappserver.md, "Limits"). */

@@ -1,6 +1,7 @@
 // End to end: cmappmgr exits with the guest command's status.
 import assert from "node:assert/strict";
 import {
+  freePort,
   makeKeys,
   mgrArgs,
   runMgr,
@@ -107,6 +108,34 @@ Deno.test("cmappmgr exits with the command's exit status", async (t) => {
     });
   } finally {
     assert.equal(await server.stop(), 0);
+    await keys.root.cleanup();
+  }
+});
+
+Deno.test("an unreachable guest: cmappmgr says what it waits for while it retries, then 200", async () => {
+  const keys = await makeKeys();
+  try {
+    // Nothing listens on that port: every attempt is refused.
+    const r = await runMgr([
+      "-node",
+      "127.0.0.1",
+      "-port",
+      String(freePort()),
+      "-keydir",
+      keys.manager,
+      "-cmappserver_timeout",
+      "11",
+      "--",
+      "true",
+    ]);
+    assert.equal(r.code, MGR_EXIT.unreachable, r.stderr);
+    assert.match(r.stderr, /connection refused|ECONNREFUSED|refused/i);
+    // Not one warning then silence: progress, with the time left.
+    assert.match(
+      r.stderr,
+      /still cannot reach cmappserver at 127\.0\.0\.1:\d+ after \d+ s .*; trying for \d+ s more/,
+    );
+  } finally {
     await keys.root.cleanup();
   }
 });
