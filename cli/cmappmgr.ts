@@ -83,7 +83,9 @@ const USAGE = `usage: cmappmgr -node HOST [options] [--] COMMAND [ARG]...
        cmappmgr -node HOST -ping
        cmappmgr -node HOST -status NAME [-json] | -stop NAME
        cmappmgr -node HOST -check [[--] COMMAND [ARG]...]
-       cmappmgr keygen [-keydir DIR] [-name NAME]... [-algorithm ed25519|p256] [-force]
+       cmappmgr keygen [-keydir DIR] [-name NAME]... [-no_hostname] [-days N]
+                       [-algorithm ed25519|p256] [-force]
+       cmappmgr fingerprint FILE...   (each PEM certificate's SHA-256 fingerprint)
 
 Asks the cmappserver on HOST to run COMMAND (directly, no shell), follows it,
 and exits with its exit status. Options may also be set in the configuration
@@ -451,6 +453,10 @@ async function main(args: string[]): Promise<number> {
       nextStep: `Copy cert.pem to each guest's cmappserver key directory, under trusted/.`,
     }, args.slice(1));
   }
+  if (args[0] === "fingerprint") {
+    const { runFingerprint } = await import("./_keygen.ts");
+    return await runFingerprint(PROGRAM, args.slice(1));
+  }
   let cfg: _Config;
   try {
     const parsed = await _parse(args);
@@ -519,6 +525,11 @@ async function main(args: string[]): Promise<number> {
       },
       serverTimeoutMs: cfg.timeoutMs,
       pollIntervalMs: cfg.pollMs,
+      // A key rotated on either side while the run is followed: read again at each re-attach.
+      reloadKeys: async () => ({
+        identity: await _tls.loadIdentity(cfg.keydir, PROGRAM),
+        trust: await _tls.loadTrust(cfg.keydir, "server"),
+      }),
       stopTimeoutMs: cfg.stopTimeoutMs,
       interrupt: interrupted,
       io: {

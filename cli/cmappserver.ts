@@ -31,7 +31,7 @@ import {
 import { type OptionSpec, parseArgs, UsageError } from "./_args.ts";
 import { mergeSettings, readConfig } from "./_config.ts";
 import { printErr, printOut } from "./_io.ts";
-import { runKeygen } from "./_keygen.ts";
+import { runFingerprint, runKeygen } from "./_keygen.ts";
 import { Readiness } from "./_readiness.ts";
 
 const PROGRAM = "cmappserver";
@@ -70,7 +70,9 @@ const SPEC: Record<string, OptionSpec> = {
 };
 
 const USAGE = `usage: cmappserver [options]
-       cmappserver keygen [-keydir DIR] [-name NAME]... [-algorithm ed25519|p256] [-force]
+       cmappserver keygen [-keydir DIR] [-name NAME]... [-no_hostname] [-days N]
+                          [-algorithm ed25519|p256] [-force]
+       cmappserver fingerprint FILE...   (each PEM certificate's SHA-256 fingerprint)
 
 Runs in the guest, in the foreground, and starts, watches and reports on
 processes for cmappmgr over mutually authenticated TLS. Every option can also
@@ -138,6 +140,7 @@ export async function main(args: string[]): Promise<number> {
       nextStep: `Copy cert.pem to each host's cmappmgr key directory, under trusted/.`,
     }, args.slice(1));
   }
+  if (args[0] === "fingerprint") return await runFingerprint(PROGRAM, args.slice(1));
   let cfg;
   try {
     const { values, rest } = parseArgs(args, SPEC);

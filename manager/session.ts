@@ -49,6 +49,13 @@ export interface RunCommandOptions extends Omit<ConnectOptions, "timeoutMs"> {
   stopTimeoutMs?: number;
   /** Where the application's output goes, and where its input comes from (protocol 1.2). */
   io?: RunIO;
+  /**
+   * Reads this host's key and trusted certificates again; called before each
+   * attempt to re-attach, so that a key rotated on either side while a run is
+   * followed (docs/install.md, "Rotating keys") does not end the follower.
+   * When it fails, the key and certificates in use are kept.
+   */
+  reloadKeys?: () => Promise<Pick<ConnectOptions, "identity" | "trust">>;
 }
 
 /** The host side of a run's standard streams. */
@@ -130,7 +137,9 @@ const _RETRYABLE = new Set(["unreachable", "lost"]);
 const _PROGRESS_EVERY_MS = 5000;
 // While re-attaching, a refusal may be a server restarting with a trust
 // store being rewritten: keep trying until the deadline, then report it.
-const _RETRYABLE_REATTACH = new Set(["unreachable", "lost", "rejected"]);
+// Nor is an unknown certificate fatal then: the guest may have restarted on a rotated key whose
+// certificate this host is being given (see RunCommandOptions.reloadKeys).
+const _RETRYABLE_REATTACH = new Set(["unreachable", "lost", "rejected", "server_untrusted"]);
 
 function _sleep(ms: number): { promise: Promise<"timer">; cancel(): void } {
   let id: ReturnType<typeof setTimeout> | undefined;
@@ -144,7 +153,7 @@ function _sleep(ms: number): { promise: Promise<"timer">; cancel(): void } {
  * not retried.
  */
 async function _connectUntil(
-  options: Omit<ConnectOptions, "timeoutMs">,
+  options: Omit<ConnectOptions, "timeoutMs"> & Pick<RunCommandOptions, "reloadKeys">,
   deadline: number,
   logger: Logger,
   retryable: ReadonlySet<string> = _RETRYABLE,
@@ -159,6 +168,7 @@ async function _connectUntil(
       throw last ??
         new ManagerError("unreachable", `cannot reach cmappserver at ${options.host}`);
     }
+    if (options.reloadKeys) options = await _reloaded(options, logger);
     try {
       return await connect({ ...options, timeoutMs: Math.min(remaining, 10_000) });
     } catch (e) {
@@ -181,6 +191,19 @@ async function _connectUntil(
     const pause = _sleep(Math.min(backoff, Math.max(0, deadline - Date.now())));
     await pause.promise;
     backoff = Math.min(backoff * 2, 2000);
+  }
+}
+
+/** `options` with the keys read again, or as they were (with a warning) if that fails. */
+async function _reloaded<T extends Pick<ConnectOptions, "identity" | "trust">>(
+  options: T & Pick<RunCommandOptions, "reloadKeys">,
+  logger: Logger,
+): Promise<T> {
+  try {
+    return { ...options, ...await options.reloadKeys!() };
+  } catch (e) {
+    logger.warn(`cannot read the keys again, using those loaded before: ${(e as Error).message}`);
+    return options;
   }
 }
 

@@ -6,6 +6,7 @@ import {
   mgrArgs,
   runMgr,
   runServerCli,
+  ServerFixture,
   startServerProcess,
   trust,
   writeIdentity,
@@ -220,5 +221,77 @@ Deno.test("certificates: key directories are checked before serving", async (t) 
     });
   } finally {
     await keys.root.cleanup();
+  }
+});
+
+Deno.test("key rotation as docs/install.md does it: a host's key, then the guest's, with a run followed throughout", async () => {
+  const f = await ServerFixture.create();
+  try {
+    const s = await f.server();
+    const host = f.keys.manager;
+    // A run followed with the old host key, across both rotations.
+    const follower = f.startMgr(
+      mgrArgs(
+        f.keys,
+        s,
+        "-service_name",
+        "steady",
+        "--",
+        "sh",
+        "-c",
+        `
+        while [ ! -e ${f.dir}/end ]; do sleep 0.1; done; exit 6`,
+      ),
+    );
+    await s.waitForLog(/started run \S+ \(steady\)/);
+
+    // 1. The host: a new key beside the old one, with the old one's trusted guests.
+    const fresh = `${host}.new`;
+    assert.equal((await runMgr(["keygen", "-keydir", fresh])).code, 0);
+    for await (const e of Deno.readDir(`${host}/trusted`)) {
+      await Deno.copyFile(`${host}/trusted/${e.name}`, `${fresh}/trusted/${e.name}`);
+    }
+    // 2. The guest trusts both, then reloads.
+    await Deno.copyFile(`${fresh}/cert.pem`, `${f.keys.server}/trusted/manager-new.pem`);
+    Deno.kill(s.pid, "SIGHUP");
+    await s.waitForLog(/SIGHUP: reloaded 2 trusted manager/);
+    // 3. The host switches to the new key, and checks.
+    await Deno.rename(host, `${host}.old`);
+    await Deno.rename(fresh, host);
+    const ping = await runMgr(mgrArgs(f.keys, s, "-ping"));
+    assert.equal(ping.code, 0, ping.stderr);
+    // 4. The guest forgets the old key: it is refused from now on.
+    await Deno.remove(`${f.keys.server}/trusted/manager.pem`);
+    Deno.kill(s.pid, "SIGHUP");
+    await s.waitForLog(/SIGHUP: reloaded 1 trusted manager/);
+    const old = await runMgr(
+      mgrArgs(f.keys, s, "-ping").map((a) => a === host ? `${host}.old` : a),
+    );
+    assert.equal(old.code, MGR_EXIT.rejected, old.stderr);
+
+    // The guest's key: a new one, pinned on the host before the guest switches to it.
+    const guestKeys = f.keys.server;
+    const g = await runServerCli(["keygen", "-keydir", `${guestKeys}.new`, "-name", "127.0.0.1"]);
+    assert.equal(g.code, 0, g.stderr);
+    for await (const e of Deno.readDir(`${guestKeys}/trusted`)) {
+      await Deno.copyFile(`${guestKeys}/trusted/${e.name}`, `${guestKeys}.new/trusted/${e.name}`);
+    }
+    await Deno.copyFile(`${guestKeys}.new/cert.pem`, `${host}/trusted/server-new.pem`);
+    // The guest restarts on its new key; the run goes on and is re-adopted.
+    await Deno.rename(guestKeys, `${guestKeys}.old`);
+    await Deno.rename(`${guestKeys}.new`, guestKeys);
+    await s.stop();
+    const s2 = await f.server("-port", String(s.port));
+    await s2.waitForLog(/re-adopted run \S+ \(steady\)/);
+    assert.equal((await runMgr(mgrArgs(f.keys, s2, "-ping"))).code, 0);
+    // The host forgets the old guest key.
+    await Deno.remove(`${host}/trusted/server.pem`);
+    assert.equal((await runMgr(mgrArgs(f.keys, s2, "-ping"))).code, 0);
+
+    // The run followed since before both rotations ends with its own status.
+    await Deno.writeTextFile(`${f.dir}/end`, "");
+    assert.equal((await follower.result).code, 6);
+  } finally {
+    await f.cleanup();
   }
 });

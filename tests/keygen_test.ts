@@ -61,3 +61,94 @@ Deno.test("keygen writes a key, a certificate and trusted/, and prints the finge
     await dir.cleanup();
   }
 });
+
+Deno.test("keygen: names are checked, the host name is said and can be left out, -days sets the lifetime", async (t) => {
+  const dir = await tempDir();
+  try {
+    for (const bad of ["bad name!", "-lead.example", "a..b", "x".repeat(64) + ".example", ""]) {
+      await t.step(`-name ${JSON.stringify(bad)} is refused`, async () => {
+        const r = await runServerCli(["keygen", "-keydir", `${dir.path}/bad`, "-name", bad]);
+        assert.equal(r.code, 2, r.stderr);
+        assert.match(r.stderr, /neither a host name nor an IP address/);
+        await assert.rejects(Deno.stat(`${dir.path}/bad/key.pem`), Deno.errors.NotFound);
+      });
+    }
+    await t.step("the host name is added, and the output says so", async () => {
+      const r = await runServerCli(["keygen", "-keydir", `${dir.path}/a`, "-name", "10.0.0.1"]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, new RegExp(`this machine's host name ${Deno.hostname()} was added`));
+    });
+    await t.step("-no_hostname leaves it out; -days 30", async () => {
+      const r = await runServerCli([
+        "keygen",
+        "-keydir",
+        `${dir.path}/b`,
+        "-name",
+        "guest1",
+        "-name",
+        "fd00::1",
+        "-no_hostname",
+        "-days",
+        "30",
+      ]);
+      assert.equal(r.code, 0, r.stderr);
+      const [cert] = await parseCertificates(await Deno.readTextFile(`${dir.path}/b/cert.pem`));
+      assert.deepEqual(cert.names.sort(), ["fd00::1", "guest1"]);
+      const days = (cert.notAfter.getTime() - Date.now()) / 86400_000;
+      assert.ok(days > 29 && days <= 30, `valid for ${days} days`);
+      assert.match(r.stdout, /valid until \d{4}-\d\d-\d\d/);
+    });
+    await t.step(
+      "-no_hostname without -name is refused: a certificate must name something",
+      async () => {
+        const r = await runMgr(["keygen", "-keydir", `${dir.path}/c`, "-no_hostname"]);
+        assert.equal(r.code, 2, r.stderr);
+        assert.match(r.stderr, /-no_hostname needs at least one -name/);
+      },
+    );
+    for (const days of ["0", "36501", "ten"]) {
+      await t.step(`-days ${days} is refused`, async () => {
+        const r = await runMgr(["keygen", "-keydir", `${dir.path}/d`, "-days", days]);
+        assert.equal(r.code, 2, r.stderr);
+        assert.match(r.stderr, /-days/);
+      });
+    }
+  } finally {
+    await dir.cleanup();
+  }
+});
+
+Deno.test("fingerprint FILE: both programs print what a PEM certificate is, without openssl", async () => {
+  const dir = await tempDir();
+  try {
+    const g = await runServerCli(["keygen", "-keydir", `${dir.path}/g`, "-name", "guest1"]);
+    assert.equal(g.code, 0, g.stderr);
+    const m = await runMgr(["keygen", "-keydir", `${dir.path}/m`]);
+    assert.equal(m.code, 0, m.stderr);
+    const gid = await loadIdentity(`${dir.path}/g`);
+    const mid = await loadIdentity(`${dir.path}/m`);
+    for (const run of [runServerCli, runMgr]) {
+      const r = await run(["fingerprint", `${dir.path}/g/cert.pem`, `${dir.path}/m/cert.pem`]);
+      assert.equal(r.code, 0, r.stderr);
+      const lines = r.stdout.trim().split("\n");
+      assert.equal(lines.length, 2);
+      assert.match(
+        lines[0],
+        new RegExp(`^${gid.info.fingerprint} .*g/cert\\.pem \\(CN=cmappserver@`),
+      );
+      assert.match(lines[0], /names: guest1/);
+      assert.match(lines[0], /until \d{4}-\d\d-\d\d/);
+      assert.match(lines[1], new RegExp(`^${mid.info.fingerprint} .*m/cert\\.pem`));
+    }
+    // What is not a certificate: exit 1, named, and the others still printed.
+    await Deno.writeTextFile(`${dir.path}/junk.pem`, "not a certificate\n");
+    const r = await runMgr(["fingerprint", `${dir.path}/junk.pem`, `${dir.path}/g/cert.pem`]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /junk\.pem/);
+    assert.match(r.stdout, new RegExp(`^${gid.info.fingerprint} `));
+    const none = await runMgr(["fingerprint"]);
+    assert.equal(none.code, 2);
+  } finally {
+    await dir.cleanup();
+  }
+});

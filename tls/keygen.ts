@@ -54,9 +54,35 @@ export interface GeneratedIdentity {
 }
 
 const _IPV4 = /^\d{1,3}(\.\d{1,3}){3}$/;
+const _LABEL = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
 
 function _isIp(name: string): boolean {
   return _IPV4.test(name) || name.includes(":");
+}
+
+/**
+ * Whether `name` can go into a certificate's subjectAltName: a host name
+ * (labels of letters, digits and inner hyphens, at most 63 characters each,
+ * 253 in all), an IPv4 address or an IPv6 address.
+ *
+ * @example
+ * ```ts
+ * import { isCertificateName } from "./keygen.ts";
+ * isCertificateName("guest1.example.com"); // true
+ * isCertificateName("fd00::1"); // true
+ * isCertificateName("bad name!"); // false
+ * ```
+ */
+export function isCertificateName(name: string): boolean {
+  if (_IPV4.test(name)) return name.split(".").every((o) => Number(o) <= 255);
+  if (name.includes(":")) {
+    try {
+      return new URL(`http://[${name}]/`).hostname !== "";
+    } catch {
+      return false;
+    }
+  }
+  return name.length > 0 && name.length <= 253 && name.split(".").every((l) => _LABEL.test(l));
 }
 
 /**
