@@ -18,6 +18,7 @@ import {
 } from "../log/sinks.ts";
 import {
   describeExit,
+  formatArgv,
   formatVersion,
   PROTOCOL_VERSION,
   type RunInfo,
@@ -79,7 +80,7 @@ const SPEC: Record<string, OptionSpec> = {
 };
 
 const USAGE = `usage: cmappmgr -node HOST [options] [--] COMMAND [ARG]...
-       cmappmgr -node HOST -list [-json]
+       cmappmgr -node HOST -list [-json] [NAME-PATTERN]...
        cmappmgr -node HOST -ping
        cmappmgr -node HOST -status NAME [-json] | -stop NAME
        cmappmgr -node HOST -check [[--] COMMAND [ARG]...]
@@ -126,7 +127,9 @@ the first argument that is not one, or at --):
                              the host has it)
   -statusfile FILE           when a run ends, write "STATUS REASON" there (the exit
                              status cmappmgr exits with, and why), for agents
-  -list                      list the guest's runs (with -json: as JSON)
+  -list                      list the guest's runs, those whose name matches a
+                             NAME-PATTERN (* and ? as in the shell) if given
+                             (with -json: as JSON)
   -ping                      check that the guest is reachable and trusts us
   -status NAME               how the latest run of NAME stands (with -json: as
                              JSON); exit 0 running, 1 ended with a failure (a
@@ -192,6 +195,8 @@ interface _Config {
   verb: "run" | "list" | "ping" | "status" | "stop" | "check";
   /** The run name of -status and -stop. */
   target: string;
+  /** -list's NAME patterns (`*` and `?` as in the shell); none: every run. */
+  patterns: RegExp[];
   json: boolean;
   argv: string[];
 }
@@ -224,7 +229,7 @@ async function _parse(args: string[]): Promise<_Config | number> {
   }
   const verb: _Config["verb"] = verbs.length > 0 ? verbs[0] : "run";
   if (verb === "run" && rest.length === 0) throw new UsageError("no command given");
-  if (verb !== "run" && verb !== "check" && rest.length > 0) {
+  if (verb !== "run" && verb !== "check" && verb !== "list" && rest.length > 0) {
     throw new UsageError(`-${verb} takes no command (got ${rest[0]})`);
   }
   const target = verb === "status" || verb === "stop" ? _runName(String(values[verb]), verb) : "";
@@ -260,6 +265,7 @@ async function _parse(args: string[]): Promise<_Config | number> {
     statusfile: s.string("statusfile", ""),
     verb,
     target,
+    patterns: verb === "list" ? rest.map(_namePattern) : [],
     json: values.json === true,
     argv: rest,
   };
@@ -319,8 +325,17 @@ function _fail(e: unknown): number {
   throw e;
 }
 
+/** A -list NAME pattern: `*` any characters, `?` one, the rest as it is. */
+function _namePattern(glob: string): RegExp {
+  const re = glob.replace(/[.+^${}()|[\]\\]/g, "\\$&").replaceAll("*", ".*").replaceAll("?", ".");
+  return new RegExp(`^${re}$`);
+}
+
+/** Characters of the COMMAND column. */
+const _COMMAND_WIDTH = 60;
+
 function _table(runs: RunInfo[]): string {
-  const rows = [["RUN", "NAME", "PID", "STATE", "STARTED", "EXIT", "MANAGER"]];
+  const rows = [["RUN", "NAME", "PID", "STATE", "STARTED", "EXIT", "MANAGER", "COMMAND"]];
   for (const r of runs) {
     const exit = r.lost
       ? "lost"
@@ -336,7 +351,8 @@ function _table(runs: RunInfo[]): string {
       r.state,
       r.started_at.replace(/\.\d+Z$/, "Z"),
       exit + (r.state === "exited" && !r.delivered ? " (unclaimed)" : ""),
-      r.launched_by.slice(0, 23),
+      r.launched_by_name ?? r.launched_by.slice(0, 23),
+      formatArgv(r.argv, _COMMAND_WIDTH),
     ]);
   }
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
@@ -362,7 +378,10 @@ async function _otherVerb(cfg: _Config, identity: Identity, trust: TrustStore): 
       const runs = await client.list();
       if (cfg.verb === "status") return _status(cfg, runs);
       if (cfg.verb === "stop") return await _stop(cfg, client, runs);
-      printOut(cfg.json ? JSON.stringify(runs, null, 2) + "\n" : _table(runs));
+      const shown = cfg.patterns.length === 0
+        ? runs
+        : runs.filter((r) => cfg.patterns.some((p) => p.test(r.name)));
+      printOut(cfg.json ? JSON.stringify(shown, null, 2) + "\n" : _table(shown));
       return 0;
     } finally {
       client.close();

@@ -303,6 +303,11 @@ export interface RunInfo {
   lost?: string;
   /** SHA-256 fingerprint of the manager that launched it. */
   launched_by: string;
+  /**
+   * Since 1.5: the name of that manager's certificate file in the server's
+   * trusted/ directory, without ".pem", while it is pinned there.
+   */
+  launched_by_name?: string;
   /** True once a manager has received its exit status. */
   delivered: boolean;
 }
@@ -656,6 +661,9 @@ function _runInfo(v: unknown, i: number): RunInfo {
     delivered: o.delivered === true,
   };
   if (o.ended_at !== undefined) info.ended_at = _text(o, "ended_at", 64);
+  if (o.launched_by_name !== undefined) {
+    info.launched_by_name = _text(o, "launched_by_name", 255);
+  }
   if (o.lost !== undefined) info.lost = _text(o, "lost");
   else if (state === "exited") info.exit = _exit(o);
   return info;

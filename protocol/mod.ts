@@ -18,6 +18,7 @@ export * from "./messages.ts";
 export * from "./version.ts";
 export * from "./features.ts";
 export * from "./exit_status.ts";
+export * from "./format_argv.ts";
 export * from "./channel.ts";
 export * from "./stream_channels.ts";
 export * from "./read_ahead.ts";

@@ -55,6 +55,8 @@ export interface ConnectionContext {
   helloTimeoutMs: number;
   /** A connection silent for this long is closed (managers poll more often). */
   idleTimeoutMs: number;
+  /** The trusted/ file name (without .pem) of a manager's certificate, if pinned now. */
+  managerName?(fingerprint: string): string | null;
 }
 
 /** A connection being served. */
@@ -67,8 +69,8 @@ export interface ServedConnection {
   destroy(): void;
 }
 
-/** What the server tells of a run in a list. */
-export function runInfo(run: Run): RunInfo {
+/** What the server tells of a run in a list; `managerName` names its launcher when known. */
+export function runInfo(run: Run, managerName: string | null = null): RunInfo {
   const info: RunInfo = {
     run: run.id,
     name: run.name,
@@ -79,6 +81,7 @@ export function runInfo(run: Run): RunInfo {
     launched_by: run.launchedBy,
     delivered: run.delivered,
   };
+  if (managerName) info.launched_by_name = managerName;
   if (run.endedAt) info.ended_at = run.endedAt.toISOString();
   if (run.exit) info.exit = run.exit;
   if (run.lost) info.lost = run.lost;
@@ -371,7 +374,8 @@ class _Connection {
   }
 
   #onList(m: _Of<"list">): void {
-    const runs = this.#ctx.table.list().map(runInfo);
+    const name = this.#ctx.managerName ?? (() => null);
+    const runs = this.#ctx.table.list().map((r) => runInfo(r, name(r.launchedBy)));
     // Keep the answer within one frame (and within the 1 MiB every manager accepts, whatever
     // this server's max_frame): drop the oldest finished runs first.
     let reply: ServerMessage = { type: "run_list", id: m.id, runs };

@@ -10,7 +10,7 @@
  * @module
  */
 
-import { describeExit, type ExitStatus } from "../protocol/mod.ts";
+import { describeExit, type ExitStatus, formatArgv } from "../protocol/mod.ts";
 import type { Logger } from "../log/logger.ts";
 import { crashPoint } from "./_crash.ts";
 import { type LaunchPolicy, type LaunchRequest, prepareLaunch } from "./policy.ts";
@@ -277,10 +277,10 @@ export class RunTable {
       : `is running (pid ${run.pid}, since ${run.startedAt.toISOString()})`;
     const differs = sameArgv
       ? `the same command with another user, group, working directory or environment`
-      : `another command: ${_shown(argv)}`;
+      : `another command: ${formatArgv(argv)}`;
     return {
       code: "conflict",
-      message: `a run named ${run.name} ${what}: ${_shown(run.argv)}; this launch asks for ` +
+      message: `a run named ${run.name} ${what}: ${formatArgv(run.argv)}; this launch asks for ` +
         `${differs}. Stop it first (cmappmgr -stop ${run.name}), or attach to it as it is ` +
         `(cmappmgr -attach)`,
     };
@@ -909,13 +909,6 @@ export class RunTable {
     (run.delivered ? this.#delivered : this.#undelivered).add(run);
     this.#byEnd.add(run);
   }
-}
-
-/** argv as one line for a message: words with blanks or quotes quoted, at most 200 characters. */
-function _shown(argv: readonly string[]): string {
-  const line = argv.map((a) => /^[A-Za-z0-9_@%+=:,./-]+$/.test(a) ? a : JSON.stringify(a))
-    .join(" ");
-  return line.length > 200 ? `${line.slice(0, 199)}…` : line;
 }
 
 /** Runs `f` over `items`, at most `limit` at a time. */

@@ -130,6 +130,12 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
   let ready!: (table: RunTable) => void;
   const tableReady = new Promise<RunTable>((r) => ready = r);
   const connections = new Set<ServedConnection>();
+  // The pins in force (SIGHUP replaces them): a run's launcher is named by its trusted/ file.
+  let trust = options.trust;
+  const managerName = (fingerprint: string): string | null => {
+    const file = trust.byFingerprint.get(fingerprint)?.file;
+    return file ? file.slice(file.lastIndexOf("/") + 1).replace(/\.pem$/, "") : null;
+  };
   const serve = (table: RunTable, socket: ByteStream, peer: PeerIdentity) => {
     logger.info(`accepted manager ${peer.address} (${peer.fingerprint})`);
     const conn = serveConnection(socket, peer, {
@@ -138,6 +144,7 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
       maxFrameSize,
       helloTimeoutMs: handshakeTimeoutMs,
       idleTimeoutMs: options.idleTimeoutMs ?? 120_000,
+      managerName,
     });
     connections.add(conn);
     conn.done.then(() => connections.delete(conn));
@@ -205,7 +212,10 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
     hostname: listener.hostname,
     port: listener.port,
     runs: table,
-    setTrust: (t) => listener.setTrust(t),
+    setTrust: (t) => {
+      trust = t;
+      listener.setTrust(t);
+    },
     async close(opts = {}) {
       const closing = listener.close();
       if (opts.stopRuns) await table.stopAll();

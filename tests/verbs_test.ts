@@ -144,3 +144,54 @@ Deno.test("-statusfile: how the run ended, or why cmappmgr failed, in one line",
     await f.cleanup();
   }
 });
+
+Deno.test("-list: a COMMAND column, the MANAGER's trusted/ file name, and NAME patterns", async () => {
+  const f = await ServerFixture.create();
+  try {
+    const s = await f.server();
+    const web = startMgrProcess(
+      mgrArgs(
+        f.keys,
+        s,
+        "-service_name",
+        "web-1",
+        "--",
+        "sh",
+        "-c",
+        "sleep 30",
+        "a-long-argument-" + "x".repeat(60),
+      ),
+    );
+    assert.equal((await runMgr(mgrArgs(f.keys, s, "-service_name", "db", "true"))).code, 0);
+    await eventually("web-1 to run", async () => (await status(f, s, "web-1")).code === 0);
+
+    const all = await runMgr(mgrArgs(f.keys, s, "-list"));
+    assert.equal(all.code, 0, all.stderr);
+    const [head, ...rows] = all.stdout.trimEnd().split("\n");
+    assert.match(head, /^RUN +NAME +PID +STATE +STARTED +EXIT +MANAGER +COMMAND$/);
+    assert.equal(rows.length, 2);
+    const webRow = rows.find((r) => / web-1 /.test(r))!;
+    // The manager by the name of its certificate's file in the guest's trusted/ (manager.pem).
+    assert.match(webRow, / manager +sh -c "sleep 30" a-long-argument-x+…$/);
+    assert.ok(webRow.length < 200, "the command is cut short");
+    assert.match(rows.find((r) => / db /.test(r))!, / manager +true$/);
+
+    const only = await runMgr(mgrArgs(f.keys, s, "-list", "web*"));
+    assert.equal(only.code, 0, only.stderr);
+    assert.deepEqual(only.stdout.trimEnd().split("\n").slice(1).map((r) => r.split(/ +/)[1]), [
+      "web-1",
+    ]);
+    const json = JSON.parse((await runMgr(mgrArgs(f.keys, s, "-list", "-json", "d?"))).stdout);
+    assert.deepEqual(json.map((r: { name: string }) => r.name), ["db"]);
+    assert.equal(json[0].launched_by_name, "manager");
+    const none = await runMgr(mgrArgs(f.keys, s, "-list", "nothing*"));
+    assert.equal(none.code, 0);
+    assert.match(none.stdout, /^RUN +NAME/);
+    assert.equal(none.stdout.trimEnd().split("\n").length, 1);
+
+    assert.equal((await runMgr(mgrArgs(f.keys, s, "-stop", "web-1"))).code, 0);
+    assert.equal((await web.result).code, 143);
+  } finally {
+    await f.cleanup();
+  }
+});
