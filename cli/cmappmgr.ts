@@ -81,7 +81,7 @@ const SPEC: Record<string, OptionSpec> = {
 
 const USAGE = `usage: cmappmgr -node HOST [options] [--] COMMAND [ARG]...
        cmappmgr -node HOST -list [-json] [NAME-PATTERN]...
-       cmappmgr -node HOST -ping
+       cmappmgr -node HOST -ping [-json]
        cmappmgr -node HOST -status NAME [-json] | -stop NAME
        cmappmgr -node HOST -check [[--] COMMAND [ARG]...]
        cmappmgr keygen [-keydir DIR] [-name NAME]... [-no_hostname] [-days N]
@@ -140,6 +140,9 @@ the first argument that is not one, or at --):
                              nothing of that name runs
   -check                     check the options, the configuration file and the
                              key directory, without connecting; exit 0 if good
+  -json                      JSON: -list, -status and -ping print JSON; a run
+                             ends with a JSON summary as the last line of stderr;
+                             cmappmgr's own failures come as {"error": {...}}
   -help                      this text
   -version                   the version
 
@@ -310,23 +313,40 @@ async function _writeAll(w: { write(p: Uint8Array): Promise<number> }, bytes: Ui
   while (rest.length > 0) rest = rest.subarray(await w.write(rest));
 }
 
-function _fail(e: unknown): number {
+/**
+ * Says why cmappmgr itself failed, in one line on stderr: `cmappmgr: MESSAGE`, or with -json
+ * `{"error":{"status":N,"kind":KIND,"message":MESSAGE}}`. Returns `status`.
+ */
+function _say(json: boolean, status: number, kind: string, message: string): number {
+  printErr(
+    json ? JSON.stringify({ error: { status, kind, message } }) + "\n" : `cmappmgr: ${message}\n`,
+  );
+  return status;
+}
+
+function _fail(e: unknown, json: boolean): number {
   if (e instanceof _mgr.LaunchError) {
-    printErr(`cmappmgr: ${e.message}\n`);
-    if (e.code === "not_found") return MGR_EXIT.notFound;
-    if (e.code === "not_executable" || e.code === "spawn_failed") return MGR_EXIT.notExecutable;
-    if (e.code === "conflict") return MGR_EXIT.conflict;
-    return MGR_EXIT.refused;
+    const status = e.code === "not_found"
+      ? MGR_EXIT.notFound
+      : e.code === "not_executable" || e.code === "spawn_failed"
+      ? MGR_EXIT.notExecutable
+      : e.code === "conflict"
+      ? MGR_EXIT.conflict
+      : MGR_EXIT.refused;
+    return _say(json, status, e.code, e.message);
   }
-  if (e instanceof _mgr.ManagerError) {
-    printErr(`cmappmgr: ${e.message}\n`);
-    return EXIT_FOR_KIND[e.kind];
-  }
+  if (e instanceof _mgr.ManagerError) return _say(json, EXIT_FOR_KIND[e.kind], e.kind, e.message);
   throw e;
 }
 
 /** A -list NAME pattern: `*` any characters, `?` one, the rest as it is. */
 function _namePattern(glob: string): RegExp {
+  if (!/^[A-Za-z0-9._@:+*?-]{1,128}$/.test(glob)) {
+    throw new UsageError(
+      `-list takes run NAME patterns (letters, digits, . _ @ : + - and the wildcards * ?), ` +
+        `not ${glob}`,
+    );
+  }
   const re = glob.replace(/[.+^${}()|[\]\\]/g, "\\$&").replaceAll("*", ".*").replaceAll("?", ".");
   return new RegExp(`^${re}$`);
 }
@@ -388,13 +408,28 @@ async function _otherVerb(cfg: _Config, identity: Identity, trust: TrustStore): 
       await client.closed;
     }
   } catch (e) {
-    return _fail(e);
+    return _fail(e, cfg.json);
   }
 }
 
 async function _ping(cfg: _Config, client: _Client): Promise<number> {
   const t0 = performance.now();
   await client.ping();
+  const ms = Math.round((performance.now() - t0) * 100) / 100;
+  if (cfg.json) {
+    printOut(
+      JSON.stringify({
+        node: cfg.node,
+        port: cfg.port,
+        reachable: true,
+        server: client.serverAgent,
+        protocol: formatVersion(client.version),
+        certificate: client.serverCertificate.fingerprint,
+        round_trip_ms: ms,
+      }) + "\n",
+    );
+    return 0;
+  }
   printOut(
     `${cfg.node}:${cfg.port} is reachable and trusts us: ${client.serverAgent}, protocol ` +
       `${formatVersion(client.version)}, certificate ${client.serverCertificate.fingerprint}, ` +
@@ -483,8 +518,9 @@ async function main(args: string[]): Promise<number> {
     cfg = parsed;
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
-    printErr(`cmappmgr: ${e.message} (cmappmgr -help lists the options)\n`);
-    return MGR_EXIT.usage;
+    // (The options could not be read: -json counts wherever it was written.)
+    const json = args.includes("-json") || args.includes("--json");
+    return _say(json, MGR_EXIT.usage, "usage", `${e.message} (cmappmgr -help lists the options)`);
   }
   await _loadNet();
   let identity: Identity, trust: TrustStore;
@@ -493,8 +529,7 @@ async function main(args: string[]): Promise<number> {
     trust = await _tls.loadTrust(cfg.keydir, "server");
   } catch (e) {
     if (!(e instanceof _tls.KeyDirError)) throw e;
-    printErr(`cmappmgr: ${e.message}\n`);
-    return MGR_EXIT.config;
+    return _say(cfg.json, MGR_EXIT.config, "config", e.message);
   }
   // -check: the options, the file and the keys are good; nothing is connected to.
   if (cfg.verb === "check") return 0;
@@ -564,19 +599,30 @@ async function main(args: string[]): Promise<number> {
         .map((k) => `${lost[k]} bytes of ${k}`);
       logger.warn(`the run's streams are not complete: ${parts.join(", ")} were lost on the way`);
     }
+    const status = outcome.exit ? shellExitCode(outcome.exit) : 0;
+    if (cfg.json) {
+      // The summary, last on stderr (stdout is the application's).
+      printErr(
+        JSON.stringify({
+          name: outcome.name,
+          run: outcome.run,
+          pid: outcome.pid,
+          attached: outcome.attached,
+          status,
+          exit: outcome.exit ?? null,
+          detached: !outcome.exit,
+          ...(lost ? { lost } : {}),
+        }) + "\n",
+      );
+    }
     if (!outcome.exit) {
       return await _recordStatus(cfg, 0, "detached: the application keeps running", logger);
     }
     logger.info(`run ${outcome.run} pid ${outcome.pid} ${describeExit(outcome.exit)}`);
-    return await _recordStatus(
-      cfg,
-      shellExitCode(outcome.exit),
-      describeExit(outcome.exit),
-      logger,
-    );
+    return await _recordStatus(cfg, status, describeExit(outcome.exit), logger);
   } catch (e) {
     if (e instanceof _mgr.LaunchError || e instanceof _mgr.ManagerError) log.quiet.error(e.message);
-    const code = _fail(e);
+    const code = _fail(e, cfg.json);
     return await _recordStatus(cfg, code, (e as Error).message, logger);
   } finally {
     // Everything queued is written before we exit; a failed write means the

@@ -119,6 +119,10 @@ function _grantOutput(client: Client, run: string): void {
 export interface RunOutcome {
   /** The run's id on the guest. */
   run: string;
+  /** Its name on the guest (null from a 1.0 guest). */
+  name: string | null;
+  /** True when an existing run was attached to instead of starting one. */
+  attached: boolean;
   /** Its pid on the guest. */
   pid: number;
   /** How it ended; null when we detached and it runs on. */
@@ -336,9 +340,11 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
   }
   const outcome = (exit: ExitStatus | null): RunOutcome => {
     streams?.stdin?.stop();
-    if (!streams) return { run, pid, exit };
+    const { name, attached } = launched;
+    if (!streams) return { run, name, attached, pid, exit };
     const { stdout, stderr } = streams.offsets.lost;
-    return { run, pid, exit, lost: { stdout, stderr, stdin: streams.stdin?.lost ?? 0 } };
+    const lost = { stdout, stderr, stdin: streams.stdin?.lost ?? 0 };
+    return { run, name, attached, pid, exit, lost };
   };
   let lastAnswer = client.lastHeard;
   // An unanswered poll older than this makes us drop the connection and dial again.

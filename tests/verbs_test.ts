@@ -195,3 +195,46 @@ Deno.test("-list: a COMMAND column, the MANAGER's trusted/ file name, and NAME p
     await f.cleanup();
   }
 });
+
+Deno.test("-json: -ping, a run's summary, and errors, each as one JSON document", async () => {
+  const f = await ServerFixture.create();
+  try {
+    const s = await f.server();
+    const ping = await runMgr(mgrArgs(f.keys, s, "-ping", "-json"));
+    assert.equal(ping.code, 0, ping.stderr);
+    const p = JSON.parse(ping.stdout);
+    assert.equal(p.reachable, true);
+    assert.equal(p.protocol, "1.5");
+    assert.match(p.certificate, /^[0-9A-F:]{95}$/);
+    assert.equal(typeof p.round_trip_ms, "number");
+
+    // A run: the application's output as ever, then a summary as the last line of stderr.
+    const run = await runMgr(
+      mgrArgs(f.keys, s, "-json", "-service_name", "j", "--", "sh", "-c", "echo out; exit 3"),
+    );
+    assert.equal(run.code, 3, run.stderr);
+    assert.equal(run.stdout, "out\n");
+    const summary = JSON.parse(run.stderr.trimEnd().split("\n").pop()!);
+    assert.equal(summary.status, 3);
+    assert.deepEqual(summary.exit, { code: 3 });
+    assert.equal(summary.name, "j");
+    assert.equal(typeof summary.pid, "number");
+
+    // cmappmgr's own failures: an error object with the status, its kind and the message.
+    const refused = await runMgr(mgrArgs(f.keys, s, "-json", "--", "/nonexistent/program"));
+    assert.equal(refused.code, 127);
+    const e127 = JSON.parse(refused.stderr.trimEnd().split("\n").pop()!);
+    assert.equal(e127.error.status, 127);
+    assert.match(e127.error.message, /not found/);
+    const usage = await runMgr(["-node", "127.0.0.1", "-json"]);
+    assert.equal(usage.code, 2);
+    assert.deepEqual(Object.keys(JSON.parse(usage.stderr).error).sort(), [
+      "kind",
+      "message",
+      "status",
+    ]);
+    assert.equal(JSON.parse(usage.stderr).error.kind, "usage");
+  } finally {
+    await f.cleanup();
+  }
+});
