@@ -12,7 +12,7 @@ Deno.test("runtime flags: the deno.json task of each program passes them", async
   const tasks = JSON.parse(await Deno.readTextFile(`${ROOT}/deno.json`)).tasks;
   for (const p of PROGRAMS) {
     const runs = String(tasks[p]).split("&&").map((s) => s.trim()).filter((s) =>
-      s.endsWith(`cli/${p}.ts`)
+      /cli\/\w+\.ts"?$/.test(s) && s.includes(`cli/${p}.ts`)
     );
     assert.equal(runs.length, 1, `task ${p} runs cli/${p}.ts once`);
     for (const f of RUNTIME_FLAGS[p]) assert.ok(runs[0].includes(f), `task ${p} lacks ${f}`);
@@ -36,5 +36,65 @@ Deno.test("runtime flags: every documented wrapper of a bundle passes them", asy
         assert.ok(cmd.includes(f), `${file}: the ${p} wrapper lacks ${f}`);
       }
     }
+  }
+});
+
+Deno.test("deno task cmappmgr, run from elsewhere: relative paths are the caller's", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cmapp-task-" });
+  // As a user's shell has it: no INIT_CWD (npx, which runs these tests, sets one), so that
+  // deno task sets it to where it was run.
+  const env: Record<string, string> = {};
+  for (const k of ["PATH", "HOME", "DENO_DIR", "NO_COLOR", "DENO_NO_UPDATE_CHECK"]) {
+    const v = Deno.env.get(k);
+    if (v !== undefined) env[k] = v;
+  }
+  try {
+    const keygen = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "task",
+        "-q",
+        "--config",
+        `${ROOT}/deno.json`,
+        "cmappmgr",
+        "keygen",
+        "-keydir",
+        "keys",
+      ],
+      cwd: dir,
+      env,
+      clearEnv: true,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(keygen.code, 0, new TextDecoder().decode(keygen.stderr));
+    // Written where the caller is, not in the checkout.
+    assert.ok((await Deno.stat(`${dir}/keys/cert.pem`)).isFile);
+    await assert.rejects(Deno.stat(`${ROOT}/keys`), Deno.errors.NotFound);
+    await Deno.copyFile(`${dir}/keys/cert.pem`, `${dir}/keys/trusted/self.pem`);
+    const check = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "task",
+        "-q",
+        "--config",
+        `${ROOT}/deno.json`,
+        "cmappmgr",
+        "-check",
+        "-node",
+        "guest1",
+        "-keydir",
+        "./keys",
+        "--",
+        "true",
+      ],
+      cwd: dir,
+      env,
+      clearEnv: true,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(check.code, 0, new TextDecoder().decode(check.stderr));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(`${ROOT}/keys`, { recursive: true }).catch(() => {});
   }
 });
