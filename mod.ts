@@ -46,48 +46,82 @@
  * @module
  */
 
-export * from "./protocol/mod.ts";
+// The codec: framing and messages, as docs/PROTOCOL.md defines them.
+export {
+  DEFAULT_MAX_FRAME_SIZE,
+  encodeFrame,
+  FRAME_HEADER_SIZE,
+  FrameDecoder,
+  FrameError,
+  type FrameErrorCode,
+} from "./protocol/framing.ts";
+export {
+  type ClientMessage,
+  type CloseStreamMessage,
+  type DataMessage,
+  decodeClientMessage,
+  decodeServerMessage,
+  encodeDataPayload,
+  encodeMessage,
+  type ErrorCode,
+  type ErrorMessage,
+  type ExitedMessage,
+  type ExitStatus,
+  type HelloMessage,
+  isRunId,
+  isRunName,
+  type LaunchedMessage,
+  type LaunchMessage,
+  type ListMessage,
+  MAX_ARGV_ENTRIES,
+  MAX_ENV_ENTRIES,
+  MAX_NAME_LENGTH,
+  MAX_RUN_ID_LENGTH,
+  MAX_TEXT_LENGTH,
+  type Message,
+  type PingMessage,
+  type PongMessage,
+  ProtocolError,
+  type ReleasedMessage,
+  type ReleaseMessage,
+  type ResumeMessage,
+  type RunInfo,
+  type RunListMessage,
+  type RunStatusMessage,
+  type ServerHelloMessage,
+  type ServerMessage,
+  type StatusMessage,
+  type StdinClosedMessage,
+  type StopMessage,
+  type StreamName,
+  type WindowMessage,
+} from "./protocol/messages.ts";
+export {
+  DEFAULT_PORT,
+  formatVersion,
+  negotiateVersion,
+  PROTOCOL_VERSION,
+  type ProtocolVersion,
+  SOFTWARE_VERSION,
+} from "./protocol/version.ts";
+export { type Features, featuresOf } from "./protocol/features.ts";
+// Exit statuses, as a shell and cmappmgr report them.
+export { describeExit, shellExitCode, signalName, signalNumber } from "./protocol/exit_status.ts";
+export { formatArgv } from "./protocol/format_argv.ts";
 export {
   type CmappServer,
   DEFAULT_HANDSHAKE_TIMEOUT_MS,
   DEFAULT_MAX_CONNECTIONS,
   DEFAULT_MAX_PROCESSES,
-  DEFAULT_PORT,
   DEFAULT_STATE_DIR,
   type ServerOptions,
+  type ServerRuns,
   startServer,
 } from "./server/mod.ts";
-export type {
-  ExitListener,
-  Refusal,
-  Run,
-  RunLaunchOptions,
-  RunTable,
-  RunTableOptions,
-} from "./server/runs.ts";
-export type { LaunchPolicy, LaunchRequest } from "./server/policy.ts";
+export type { LaunchPolicy } from "./server/policy.ts";
 export { StateDirError } from "./server/store.ts";
 export { ProtocolViolation, RequestError, UnknownRunError } from "./server/errors.ts";
-export type { RunLock, RunStore, StoredRun } from "./server/store.ts";
-export type {
-  AnyRunRecord,
-  ExitRecord,
-  LegacyRunRecord,
-  Outcome,
-  PidRecord,
-  RunRecord,
-  StreamCounts,
-} from "./server/records.ts";
-export type { ProgramFailure } from "./server/program.ts";
-export type {
-  OutputSource,
-  RunStreams,
-  RunStreamsOptions,
-  StdinSource,
-  StreamSink,
-} from "./server/streams.ts";
 export { SupervisorMissingError } from "./server/supervisor_binary.ts";
-export type { SpawnFailure } from "./server/supervisor.ts";
 export {
   Client,
   connect,

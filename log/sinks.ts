@@ -206,6 +206,8 @@ export class SyslogSink implements LogSink {
   #dead = false;
 
   /**
+   * A sink that hands each line to `logger`, started once and kept running.
+   *
    * @param tag the syslog tag, e.g. "cmappserver"
    * @param optional true when syslog was not asked for explicitly: a host
    *   without it is then not worth a warning

@@ -48,6 +48,8 @@ export class BatchWriter {
   #merged: Uint8Array | null = null;
 
   /**
+   * A writer that merges the chunks queued while a write is in flight.
+   *
    * @param writer where the bytes go
    * @param limit bytes held before `write()` waits, and the largest merged write
    */

@@ -61,7 +61,21 @@ export interface ConnectOptions {
   version?: ProtocolVersion;
 }
 
-/** A launch the server refused, with the server's reason code. */
+/**
+ * A launch the server refused, with the server's reason code.
+ *
+ * @example
+ * ```ts ignore
+ * import { LaunchError } from "./mod.ts";
+ * try {
+ *   await client.launch(["/opt/app/bin/server"], { name: "web" });
+ * } catch (e) {
+ *   if (e instanceof LaunchError && e.code === "conflict") {
+ *     // a run named web runs another command: stop it, or launch with attachAny
+ *   }
+ * }
+ * ```
+ */
 export class LaunchError extends Error {
   /** The server's error code: not_found, not_executable, spawn_failed, limit, … */
   readonly code: ErrorMessage["code"];

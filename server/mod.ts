@@ -10,7 +10,6 @@
  * @module
  */
 export * from "./server.ts";
-export { type ExitListener, hasEnded, type Run, RunTable } from "./runs.ts";
 export { DEFAULT_POLICY, type LaunchPolicy } from "./policy.ts";
 export { DEFAULT_PATH } from "./program.ts";
 export { embedSupervisor, installSupervisor, SupervisorMissingError } from "./supervisor_binary.ts";

@@ -12,11 +12,12 @@ import {
   encodeFrame,
   encodeMessage,
   MAX_TEXT_LENGTH,
+  type RunInfo,
   type ServerMessage,
 } from "../protocol/mod.ts";
 import { type Identity, listenTls, type TlsListener, type TrustStore } from "../tls/mod.ts";
 import { type Logger, silentLogger } from "../log/logger.ts";
-import { serveConnection, type ServedConnection } from "./connection.ts";
+import { runInfo, serveConnection, type ServedConnection } from "./connection.ts";
 import { DEFAULT_POLICY, type LaunchPolicy } from "./policy.ts";
 import { RunTable } from "./runs.ts";
 import { RunStore } from "./store.ts";
@@ -74,14 +75,22 @@ export interface ServerOptions {
   logger?: Logger;
 }
 
+/** What an embedder sees of a server's runs. */
+export interface ServerRuns {
+  /** How many runs are alive now. */
+  readonly running: number;
+  /** Every run the server knows, oldest first, as a `list` request tells them. */
+  list(): RunInfo[];
+}
+
 /** A running cmappserver. */
 export interface CmappServer {
   /** Bound address. */
   readonly hostname: string;
   /** Bound port. */
   readonly port: number;
-  /** The run table. */
-  readonly runs: RunTable;
+  /** Its runs. */
+  readonly runs: ServerRuns;
   /** Replaces the trusted manager certificates for new connections. */
   setTrust(trust: TrustStore): void;
   /**
@@ -211,7 +220,12 @@ export async function startServer(options: ServerOptions): Promise<CmappServer> 
   return {
     hostname: listener.hostname,
     port: listener.port,
-    runs: table,
+    runs: {
+      get running() {
+        return table.running;
+      },
+      list: () => table.list().map((r) => runInfo(r, managerName(r.launchedBy))),
+    },
     setTrust: (t) => {
       trust = t;
       listener.setTrust(t);

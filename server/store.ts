@@ -58,7 +58,19 @@ export interface RunLock {
   discard(): Promise<void>;
 }
 
-/** The state directory cannot be used; the message says why and what to do. */
+/**
+ * The state directory cannot be used; the message says why and what to do.
+ *
+ * @example
+ * ```ts ignore
+ * import { StateDirError, startServer } from "./mod.ts";
+ * try {
+ *   await startServer({ identity, trust, stateDir: "/nonexistent/state" });
+ * } catch (e) {
+ *   if (e instanceof StateDirError) console.error(e.message); // which directory, and why
+ * }
+ * ```
+ */
 export class StateDirError extends Error {
   /** Builds the error. */
   constructor(message: string) {

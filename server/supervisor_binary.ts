@@ -10,7 +10,19 @@
 
 const _embedded = new Map<string, Uint8Array>();
 
-/** The supervisor is not there for this machine; the message says how to get it. */
+/**
+ * The supervisor is not there for this machine; the message says how to get it.
+ *
+ * @example
+ * ```ts ignore
+ * import { installSupervisor, SupervisorMissingError } from "./supervisor_binary.ts";
+ * try {
+ *   await installSupervisor("/var/lib/cmappserver/bin");
+ * } catch (e) {
+ *   if (e instanceof SupervisorMissingError) console.error(e.message); // "deno task build:supervisor"
+ * }
+ * ```
+ */
 export class SupervisorMissingError extends Error {
   /** Builds the error. */
   constructor(message: string) {

@@ -149,6 +149,16 @@ export async function generateIdentity(options: GenerateOptions): Promise<Genera
 /**
  * Refusal to overwrite an existing key, or a key directory that cannot be
  * written.
+ *
+ * @example
+ * ```ts ignore
+ * import { KeygenError, writeKeyDir } from "./keygen.ts";
+ * try {
+ *   await writeKeyDir("/etc/cmappmgr", { commonName: "host1", names: ["host1"] });
+ * } catch (e) {
+ *   if (e instanceof KeygenError) console.error(e.message); // "… already exists; use -force …"
+ * }
+ * ```
  */
 export class KeygenError extends Error {
   /** Builds the error. */
