@@ -79,7 +79,8 @@ const SPEC: Record<string, OptionSpec> = {
   version: { type: "boolean", short: "V" },
 };
 
-const USAGE = `usage: cmappmgr -node HOST [options] [--] COMMAND [ARG]...
+/** The -help text (also the man page's synopsis, tools/_packaging.ts). */
+export const USAGE = `usage: cmappmgr -node HOST [options] [--] COMMAND [ARG]...
        cmappmgr -node HOST -list [-json] [NAME-PATTERN]...
        cmappmgr -node HOST -ping [-json]
        cmappmgr -node HOST -status NAME [-json] | -stop NAME

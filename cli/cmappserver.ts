@@ -69,7 +69,8 @@ const SPEC: Record<string, OptionSpec> = {
   version: { type: "boolean", short: "V" },
 };
 
-const USAGE = `usage: cmappserver [options]
+/** The -help text (also the man page's synopsis, tools/_packaging.ts). */
+export const USAGE = `usage: cmappserver [options]
        cmappserver keygen [-keydir DIR] [-name NAME]... [-no_hostname] [-days N]
                           [-algorithm ed25519|p256] [-force]
        cmappserver fingerprint FILE...   (each PEM certificate's SHA-256 fingerprint)

@@ -6,7 +6,11 @@
 //
 // The tools come from Debian packages (.ci/deps.sh installs them): a test
 // whose tool is missing is skipped, with the reason in its name and on stdout.
-import { testOrSkip } from "./_skip.ts";
+import { skipOrFail, testOrSkip } from "./_skip.ts";
+import { writePackaging } from "../tools/_packaging.ts";
+import { RUNTIME_FLAGS } from "../tools/_programs.ts";
+import { USAGE as MGR_USAGE } from "../cli/cmappmgr.ts";
+import { USAGE as SERVER_USAGE } from "../cli/cmappserver.ts";
 import assert from "node:assert/strict";
 import {
   alive,
@@ -868,5 +872,61 @@ Deno.test("OCF agent: a stop that cannot reach the guest succeeds, with the reas
   } finally {
     await endRuns(keys, server, params.state_dir);
     await removeAll(keys.root);
+  }
+});
+
+Deno.test("deno task bundle's packaging: the permission file, the wrappers and the man pages", async () => {
+  const dir = await tempDir();
+  try {
+    const written = await writePackaging(dir.path);
+    assert.equal(written.length, 5);
+    // The permission file is deno.json's cmapp set.
+    const perms = JSON.parse(await Deno.readTextFile(`${dir.path}/deno.json`));
+    const ours = JSON.parse(await Deno.readTextFile(`${ROOT}/deno.json`)).permissions.cmapp;
+    assert.deepEqual(perms.permissions.cmapp, ours);
+    for (const p of ["cmappserver", "cmappmgr"] as const) {
+      const text = await Deno.readTextFile(`${dir.path}/${p}`);
+      for (const f of RUNTIME_FLAGS[p]) assert.ok(text.includes(f), `${p} wrapper lacks ${f}`);
+      assert.equal((await run("sh", ["-n", `${dir.path}/${p}`])).code, 0);
+    }
+    // The wrapper runs the bundle beside it, with the permission set, its arguments passed on.
+    await Deno.writeTextFile(
+      `${dir.path}/cmappmgr.js`,
+      `console.log(JSON.stringify(Deno.args), Deno.permissions.querySync({ name: "run" }).state);`,
+    );
+    const r = await new Deno.Command(`${dir.path}/cmappmgr`, {
+      args: ["a b", "-c"],
+      env: { DENO: Deno.execPath(), DENO_DIR: await denoDir() },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const out = new TextDecoder().decode(r.stdout);
+    assert.equal(r.code, 0, new TextDecoder().decode(r.stderr));
+    assert.equal(out, `["a b","-c"] granted\n`);
+    // The man pages render, and hold every option of -help.
+    for (
+      const [p, page, spec] of [
+        ["cmappmgr", "cmappmgr.1", MGR_USAGE],
+        ["cmappserver", "cmappserver.8", SERVER_USAGE],
+      ] as const
+    ) {
+      const rendered = await new Deno.Command("groff", {
+        args: ["-man", "-Tutf8", "-P-cbou", `${dir.path}/man/${page}`],
+        stdout: "piped",
+        stderr: "piped",
+      }).output().catch(() => null);
+      if (!rendered) {
+        skipOrFail("ship_test", "groff not found: apt-get install groff-base");
+        continue;
+      }
+      const text = new TextDecoder().decode(rendered.stdout).replaceAll("\u2010", "-");
+      assert.equal(rendered.code, 0, new TextDecoder().decode(rendered.stderr));
+      assert.match(text, new RegExp(`^${p.toUpperCase()}\\(`, "m"));
+      for (const opt of spec.matchAll(/^ {2}(-\w+)/gm)) {
+        assert.ok(text.includes(opt[1]), `${page} lacks ${opt[1]}`);
+      }
+    }
+  } finally {
+    await dir.cleanup();
   }
 });

@@ -17,6 +17,7 @@
 
 import { ROOT, RUNTIME_FLAGS } from "./_programs.ts";
 import { buildSupervisor, NoCompilerError, SUPERVISOR_ARCHES } from "./supervisor.ts";
+import { writePackaging } from "./_packaging.ts";
 
 const PROGRAMS = ["cmappserver", "cmappmgr"] as const;
 const TARGETS = [
@@ -104,11 +105,8 @@ async function bundle(): Promise<number> {
     }
     console.log(`${out}  ${mb((await Deno.stat(`${ROOT}/${out}`)).size)}`);
   }
-  console.log(
-    `run with: deno run --cached-only -P=cmapp ${
-      RUNTIME_FLAGS.cmappserver.join(" ")
-    } --config deno.json dist/cmappserver.js`,
-  );
+  for (const f of await writePackaging(`${ROOT}/dist`)) console.log(f.slice(ROOT.length + 1));
+  console.log(`run with: dist/cmappserver, dist/cmappmgr (install: docs/install.md)`);
   return 0;
 }
 
