@@ -9,7 +9,8 @@
 # gcc-aarch64-linux-gnu with libc6-dev-arm64-cross, and qemu-user-static to
 # run the aarch64 build. The VM tests (tests/_vm.ts,
 # docs/vm-tests.md): qemu-system-x86 and busybox-static, then the guest
-# kernel, which tools/vm_kernel.sh fetches (without installing it).
+# kernel, which tools/vm_kernel.sh fetches (without installing it). The man pages
+# (tests/ship_test.ts renders them): groff-base.
 # Idempotent and quiet: does nothing when everything is installed, otherwise
 # one apt-get update and one install (its output shown only if it fails).
 # Without root it installs nothing and says so; the tests then skip.
@@ -17,7 +18,7 @@ set -euo pipefail
 
 PACKAGES=(systemd shellcheck resource-agents libxml2-utils pacemaker corosync pacemaker-cli-utils
   musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
-  qemu-system-x86 busybox-static faketime)
+  qemu-system-x86 busybox-static faketime groff-base)
 
 # Installs the missing PACKAGES, or says why not.
 install_packages() {
