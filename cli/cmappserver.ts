@@ -65,6 +65,7 @@ const SPEC: Record<string, OptionSpec> = {
   logfile: { type: "string" },
   syslog: { type: "string" },
   readyfile: { type: "string" },
+  check: { type: "boolean" },
   help: { type: "boolean", short: "h" },
   version: { type: "boolean", short: "V" },
 };
@@ -112,6 +113,8 @@ docs/cmappserver.md describes each one.
   -syslog yes|no            also log to syslog, facility daemon (default no)
   -readyfile FILE           write the daemon's pid to FILE once it serves, remove
                             it at exit: readiness for init scripts (default none)
+  -check                    check the options, the configuration file and the key
+                            directory, say so, and exit (0 good, 2 not), as sshd -t
   -help                     this text
   -version                  the version
 
@@ -187,17 +190,19 @@ export async function main(args: string[]): Promise<number> {
       logfile: s.string("logfile", ""),
       syslog: s.bool("syslog", false),
       readyFile: s.string("readyfile", ""),
+      check: values.check === true,
     };
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
     printErr(`cmappserver: ${e.message} (cmappserver -help lists the options)\n`);
     return 2;
   }
-  const fileSink = cfg.logfile ? new FileSink(cfg.logfile) : null;
+  // -check writes no log: what it finds goes to stderr (or stdout), nothing else is touched.
+  const fileSink = cfg.logfile && !cfg.check ? new FileSink(cfg.logfile) : null;
   const err = stderrLogSink();
   // Under journald (no logfile), stderr is the system log: syslog would be a second copy.
   const syslogTwice = cfg.syslog && !fileSink && err !== stderrSink;
-  const syslogSink = cfg.syslog && !syslogTwice ? new SyslogSink(PROGRAM) : null;
+  const syslogSink = cfg.syslog && !syslogTwice && !cfg.check ? new SyslogSink(PROGRAM) : null;
   const sinks: LogSink[] = [fileSink ?? err, ...(syslogSink ? [syslogSink] : [])];
   const logger = createLogger({ program: PROGRAM, level: cfg.level, sinks });
   if (syslogTwice) logger.info("syslog = yes: not used, stderr is the journal already");
@@ -214,6 +219,15 @@ export async function main(args: string[]): Promise<number> {
     logger.error(e.message);
     await closeSinks();
     return 2;
+  }
+  if (cfg.check) {
+    printOut(
+      `cmappserver: configuration OK: would listen on ${cfg.bind}:${cfg.port}, state in ` +
+        `${cfg.statedir}, certificate ${identity.info.fingerprint}, ` +
+        `${trust.byFingerprint.size} trusted manager(s) in ${trust.dir}\n`,
+    );
+    await closeSinks();
+    return 0;
   }
   // Signals are listened for before anything else holds descriptors: the runtime cannot add
   // a listener once the process is out of them, and a SIGTERM during a long start-up must

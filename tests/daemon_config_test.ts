@@ -759,3 +759,33 @@ Deno.test("cmappserver -help lists every option it accepts", async () => {
   const missing = options.filter((o) => !new RegExp(`^\\s+-${o}\\b`, "m").test(r.stdout));
   assert.deepEqual(missing, [], `-help does not describe: ${missing.join(", ")}`);
 });
+
+Deno.test("cmappserver -check: the options, the configuration file and the keys, without serving", async () => {
+  const keys = await makeKeys();
+  try {
+    const conf = `${keys.root.path}/cmappserver.conf`;
+    await Deno.writeTextFile(conf, `keydir = ${keys.server}\nport = 5315\nmax_processes = 12\n`);
+    const ok = await runServerCli(["-config", conf, "-check"]);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.match(ok.stdout, /configuration OK/);
+    assert.match(ok.stdout, /1 trusted manager/);
+    assert.match(ok.stdout, /certificate [0-9A-F:]{95}/);
+    // A bad value: 2, the file and line named.
+    await Deno.writeTextFile(conf, `keydir = ${keys.server}\nmax_processes = twelve\n`);
+    const bad = await runServerCli(["-config", conf, "-check"]);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /max_processes/);
+    // Keys missing: 2, with what to do.
+    const nokeys = await runServerCli([
+      "-config",
+      "/dev/null",
+      "-keydir",
+      "/nonexistent",
+      "-check",
+    ]);
+    assert.equal(nokeys.code, 2);
+    assert.match(nokeys.stderr, /keygen/);
+  } finally {
+    await keys.root.cleanup();
+  }
+});
