@@ -68,7 +68,7 @@ Deno.test("hostile input does not disturb cmappserver", async (t) => {
     await t.step("plaintext is dropped at once", async () => {
       await rawTcp(server.port, te.encode("hello there\n"));
       await server.waitForLog(
-        /rejected connection from 127\.0\.0\.1:\d+: sent something that is not TLS/,
+        /rejected connection from 127\.0\.0\.1:\d+: not a TLS client: it sent plaintext or garbage/,
       );
       await stillServes(keys, server);
     });
