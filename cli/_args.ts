@@ -16,6 +16,11 @@ export interface OptionSpec {
   multiple?: boolean;
   /** One-letter alias, e.g. "h" for -h. */
   short?: string;
+  /**
+   * In a configuration file, the value is the rest of the line as written
+   * (no `#` comment cut, no quotes removed): it has a syntax of its own.
+   */
+  raw?: boolean;
 }
 
 /** Parsed options and the rest. */

@@ -131,13 +131,16 @@ export async function readConfig(
   const lines = text.split("\n");
   for (let i = 0; i < lines.length; i++) {
     const where = `${path}:${i + 1}`;
+    const raw = /^\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(.*?)\s*$/.exec(lines[i]);
     const line = lines[i].replace(/(^|\s)#.*$/, "").trim();
-    if (line === "") continue;
-    const m = /^([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(.*)$/.exec(line);
+    const m = raw && spec[raw[1].replaceAll("-", "_")]?.raw
+      ? raw
+      : /^([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(.*)$/.exec(line);
+    if (!m && line === "") continue;
     if (!m) throw new UsageError(`${where}: expected "name = value", got ${JSON.stringify(line)}`);
     const name = m[1].replaceAll("-", "_");
     let value = m[2];
-    if (/^".*"$/.test(value)) value = value.slice(1, -1);
+    if (!spec[name]?.raw && /^".*"$/.test(value)) value = value.slice(1, -1);
     const s = spec[name];
     if (!s || name === "config" || name === "help" || name === "version") {
       throw new UsageError(`${where}: unknown option ${m[1]}`);

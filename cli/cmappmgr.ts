@@ -28,6 +28,7 @@ import {
 } from "../protocol/mod.ts";
 import type { Identity, TrustStore } from "../tls/mod.ts";
 import { type OptionSpec, parseArgs, UsageError } from "./_args.ts";
+import { ShellWordsError, splitShellWords } from "./_shell_words.ts";
 import { mergeSettings, readConfig } from "./_config.ts";
 import { printErr, printOut } from "./_io.ts";
 import { EXIT_FOR_KIND, MGR_EXIT, STATUS_EXIT } from "./exit_codes.ts";
@@ -55,6 +56,7 @@ const SPEC: Record<string, OptionSpec> = {
   port: { type: "string" },
   keydir: { type: "string" },
   service_name: { type: "string" },
+  command: { type: "string", raw: true },
   attach: { type: "boolean" },
   cmappserver_timeout: { type: "string" },
   poll_interval: { type: "string" },
@@ -232,7 +234,30 @@ async function _parse(args: string[]): Promise<_Config | number> {
     throw new UsageError(`-${verbs[0]} and -${verbs[1]} exclude each other`);
   }
   const verb: _Config["verb"] = verbs.length > 0 ? verbs[0] : "run";
-  if (verb === "run" && rest.length === 0) throw new UsageError("no command given");
+  if (values.command !== undefined) {
+    throw new UsageError(
+      "-command: the command goes after the options (or after --), or in the configuration " +
+        "file as command = …",
+    );
+  }
+  // The command line's command wins over the file's `command =` (POSIX shell quoting).
+  let argv = rest;
+  if (
+    argv.length === 0 && file && "command" in file.values && (verb === "run" || verb === "check")
+  ) {
+    try {
+      argv = splitShellWords(String(file.values.command));
+    } catch (e) {
+      if (!(e instanceof ShellWordsError)) throw e;
+      throw new UsageError(`${file.sources.command}: command: ${e.message}`);
+    }
+    if (argv.length === 0) throw new UsageError(`${file.sources.command}: command is empty`);
+  }
+  if (verb === "run" && argv.length === 0) {
+    throw new UsageError(
+      "no command given (after the options, or command = in the configuration file)",
+    );
+  }
   if (verb !== "run" && verb !== "check" && verb !== "list" && rest.length > 0) {
     throw new UsageError(`-${verb} takes no command (got ${rest[0]})`);
   }
@@ -271,7 +296,7 @@ async function _parse(args: string[]): Promise<_Config | number> {
     target,
     patterns: verb === "list" ? rest.map(_namePattern) : [],
     json: values.json === true,
-    argv: rest,
+    argv,
   };
 }
 

@@ -144,7 +144,11 @@ Deno.test("cmappmgr command line", async (t) => {
   await t.step("no command: one line and where to look, exit 2", async () => {
     const r = await runMgr(["-node", "127.0.0.1"]);
     assert.equal(r.code, MGR_EXIT.usage);
-    assert.equal(r.stderr, "cmappmgr: no command given (cmappmgr -help lists the options)\n");
+    assert.equal(
+      r.stderr,
+      "cmappmgr: no command given (after the options, or command = in the configuration file) " +
+        "(cmappmgr -help lists the options)\n",
+    );
   });
   await t.step("no -node: exit 2", async () => {
     const r = await runMgr(["--", "true"]);

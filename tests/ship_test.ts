@@ -229,77 +229,26 @@ testIf(
   },
 );
 
-Deno.test("cmappmgr-instance: NAME.conf becomes cmappmgr's command line", async () => {
+Deno.test("cmappmgr-instance: NAME checked, then cmappmgr -config NAME.conf -service_name NAME", async () => {
   const tmp = await tempDir();
   try {
     const d = tmp.path;
-    await Deno.mkdir(`${d}/conf.d`);
     // A stand-in cmappmgr that shows what it was given.
-    await Deno.writeTextFile(
-      `${d}/fake`,
-      `#!/bin/sh\nfor a; do printf '<%s>' "$a"; done\necho\ncat "$2"\n`,
-      { mode: 0o755 },
-    );
+    await Deno.writeTextFile(`${d}/fake`, `#!/bin/sh\nfor a; do printf '<%s>' "$a"; done\necho\n`);
     await Deno.chmod(`${d}/fake`, 0o755);
-    const env = {
-      CMAPPMGR: `${d}/fake`,
-      CMAPPMGR_CONFDIR: `${d}/conf.d`,
-      RUNTIME_DIRECTORY: `${d}/run`,
-    };
-    const conf = (name: string, text: string) =>
-      Deno.writeTextFile(`${d}/conf.d/${name}.conf`, text);
-    await conf(
-      "web1",
-      [
-        "# the web server",
-        "node = guest1   # comment",
-        "port = 5316",
-        "command = /opt/app/bin/server --flag a#b *.c",
-        'arg = "  two words  "',
-        "stop-timeout = 20",
-        "env = A=B",
-        "",
-      ].join("\n"),
-    );
+    const env = { CMAPPMGR: `${d}/fake`, CMAPPMGR_CONFDIR: `${d}/conf.d` };
     const r = await run(INSTANCE, ["web1"], env);
     assert.equal(r.code, 0, r.stderr);
-    const [args, ...generated] = r.stdout.split("\n");
-    assert.equal(
-      args,
-      `<-config><${d}/run/cmappmgr.conf><-node><guest1><-service_name><web1><-->` +
-        `</opt/app/bin/server><--flag><a#b><*.c><  two words  >`,
-    );
-    // Line for line, so that cmappmgr's "FILE:LINE" points into NAME.conf.
-    assert.deepEqual(generated.slice(0, 7), [
-      "# the web server",
-      "# node: on the command line",
-      "port = 5316",
-      "# command: after --",
-      "# arg: after --",
-      "stop-timeout = 20",
-      "env = A=B",
-    ]);
-
-    const bad = async (name: string, text: string | null, pattern: RegExp) => {
-      if (text !== null) await conf(name, text);
+    assert.equal(r.stdout, `<-config><${d}/conf.d/web1.conf><-service_name><web1>\n`);
+    for (const name of ["../escape", "-x", "", "a b"]) {
       const b = await run(INSTANCE, [name], env);
       assert.equal(b.code, 2, `${name}: ${b.stdout}${b.stderr}`);
-      assert.match(b.stderr, pattern);
-    };
-    await bad("nonode", "command = true\n", /no "node = GUEST" line/);
-    await bad("nocmd", "node = g\n", /no "command = PROGRAM ARG\.\.\." line/);
-    await bad(
-      "named",
-      "node = g\ncommand = true\nservice_name = x\n",
-      /named\.conf:3: service_name/,
-    );
-    await bad("argfirst", "node = g\narg = x\ncommand = true\n", /argfirst\.conf:2: arg before/);
-    await bad("garbage", "node = g\nnonsense\n", /garbage\.conf:2: expected "name = value"/);
-    await bad("absent", null, /cannot read .*absent\.conf/);
-    await bad("../escape", null, /NAME must be/);
+      assert.match(b.stderr, /NAME must be a run name/);
+    }
+    assert.equal((await run(INSTANCE, [], env)).code, 2);
     const help = await run(INSTANCE, ["-help"]);
     assert.equal(help.code, 0);
-    assert.match(help.stdout, /command = WORDS/);
+    assert.match(help.stdout, /command = /);
   } finally {
     await tmp.cleanup();
   }
@@ -319,9 +268,10 @@ Deno.test("cmappmgr-instance: runs the application on a real cmappserver", async
     };
     const common = `node = 127.0.0.1\nport = ${server.port}\nkeydir = ${keys.manager}\n` +
       `syslog = no\n`;
+    // The command in the file, with a shell's quoting (and a trailing comment).
     await Deno.writeTextFile(
       `${d}/conf.d/app1.conf`,
-      `${common}command = sh -c\narg = echo "hello from $0"; exit 3\narg = app\n`,
+      `${common}command = sh -c 'echo "hello from $0"; exit 3' app   # says hello\n`,
     );
     const r = await run(INSTANCE, ["app1"], env);
     assert.equal(r.code, 3, r.stderr);
@@ -334,14 +284,25 @@ Deno.test("cmappmgr-instance: runs the application on a real cmappserver", async
       'echo "hello from $0"; exit 3',
       "app",
     ]);
-    // cmappmgr's own check of an option names the line of app2.conf.
-    await Deno.writeTextFile(
-      `${d}/conf.d/app2.conf`,
-      `${common}command = true\npoll_interval = often\n`,
-    );
-    const r2 = await run(INSTANCE, ["app2"], env);
-    assert.equal(r2.code, 2);
-    assert.match(r2.stderr, /run\/cmappmgr\.conf:6: .*poll_interval/);
+    // cmappmgr's own checks name the line of the file.
+    const bad = async (text: string, pattern: RegExp) => {
+      await Deno.writeTextFile(`${d}/conf.d/app2.conf`, common + text);
+      const b = await run(INSTANCE, ["app2"], env);
+      assert.equal(b.code, 2, b.stdout + b.stderr);
+      assert.match(b.stderr, pattern);
+    };
+    await bad(`command = true\npoll_interval = often\n`, /app2\.conf:6: .*poll_interval/);
+    await bad(`command = echo $HOME\n`, /app2\.conf:5: command: \$ at character 6/);
+    await bad(`command = sh -c 'unterminated\n`, /app2\.conf:5: command: unterminated '/);
+    await bad(``, /no command given/);
+    await bad(`command = true\ncommand = false\n`, /command set twice/);
+    // The command line's command wins over the file's.
+    await Deno.writeTextFile(`${d}/conf.d/app3.conf`, `${common}command = false\n`);
+    const over = await run(`${d}/cmappmgr`, ["-config", `${d}/conf.d/app3.conf`, "--", "true"]);
+    assert.equal(over.code, 0, over.stderr);
+    const noFile = await run(INSTANCE, ["absent"], env);
+    assert.equal(noFile.code, 2);
+    assert.match(noFile.stderr, /cannot read configuration file .*absent\.conf/);
   } finally {
     await server.stop();
     await removeAll(keys.root);
