@@ -90,21 +90,30 @@ docs/${program}.md, docs/PROTOCOL.md and docs/install.md in the cmapp sources.
 `;
 }
 
+/** Writes `dir/man/cmappmgr.1` and `dir/man/cmappserver.8`; returns their paths. */
+export async function writeManPages(dir: string): Promise<string[]> {
+  await Deno.mkdir(`${dir}/man`, { recursive: true });
+  const written: string[] = [];
+  for (const p of ["cmappserver", "cmappmgr"] as const) {
+    const page = `${dir}/man/${p}.${p === "cmappmgr" ? 1 : 8}`;
+    await Deno.writeTextFile(page, manPage(p));
+    written.push(page);
+  }
+  return written;
+}
+
 /**
- * Writes into `dir` the permission file, a wrapper per program, and the
- * man pages; returns the paths written.
+ * Writes into `dir` what the bundles need beside them: the permission file,
+ * a wrapper per program, and the man pages; returns the paths written.
  */
 export async function writePackaging(dir: string): Promise<string[]> {
-  await Deno.mkdir(`${dir}/man`, { recursive: true });
   const written: string[] = [];
   await Deno.writeTextFile(`${dir}/deno.json`, await permissionFile());
   written.push(`${dir}/deno.json`);
   for (const p of ["cmappserver", "cmappmgr"] as const) {
     await Deno.writeTextFile(`${dir}/${p}`, wrapperScript(p), { mode: 0o755 });
     await Deno.chmod(`${dir}/${p}`, 0o755);
-    const page = `${dir}/man/${p}.${p === "cmappmgr" ? 1 : 8}`;
-    await Deno.writeTextFile(page, manPage(p));
-    written.push(`${dir}/${p}`, page);
+    written.push(`${dir}/${p}`);
   }
-  return written;
+  return [...written, ...await writeManPages(dir)];
 }

@@ -17,7 +17,7 @@
 
 import { ROOT, RUNTIME_FLAGS } from "./_programs.ts";
 import { buildSupervisor, NoCompilerError, SUPERVISOR_ARCHES } from "./supervisor.ts";
-import { writePackaging } from "./_packaging.ts";
+import { writeManPages, writePackaging } from "./_packaging.ts";
 
 const PROGRAMS = ["cmappserver", "cmappmgr"] as const;
 const TARGETS = [
@@ -154,6 +154,8 @@ async function build(): Promise<number> {
       console.log(`${out}  ${mb((await Deno.stat(`${ROOT}/${out}`)).size)}`);
     }
   }
+  // The man pages go with the binaries too (docs/install.md).
+  for (const f of await writeManPages(`${ROOT}/dist`)) console.log(f.slice(ROOT.length + 1));
   return failed === 0 ? 0 : 1;
 }
 
