@@ -660,3 +660,30 @@ export class ServerFixture {
     }
   }
 }
+
+/** The runtime's cache directory, as the programs started by tests use it. */
+export async function denoDir(): Promise<string> {
+  const set = Deno.env.get("DENO_DIR");
+  if (set) return set;
+  const out = await new Deno.Command(Deno.execPath(), { args: ["info", "--json"], stdout: "piped" })
+    .output();
+  return JSON.parse(new TextDecoder().decode(out.stdout)).denoDir;
+}
+
+/**
+ * Writes `path`, an executable sh wrapper that `exec`s one of our programs
+ * as the tests run it (permission set, runtime flags, the same cache), for
+ * callers with a bare environment: init scripts, cluster agents, units.
+ */
+export async function writeProgramWrapper(
+  path: string,
+  program: "cmappserver" | "cmappmgr",
+): Promise<void> {
+  const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
+  const argv = [Deno.execPath(), ...programCommand(program)].map(q).join(" ");
+  await Deno.writeTextFile(
+    path,
+    `#!/bin/sh\nDENO_DIR=${q(await denoDir())}\nexport DENO_DIR\nexec ${argv} "$@"\n`,
+  );
+  await Deno.chmod(path, 0o755);
+}

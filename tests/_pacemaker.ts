@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { programCommand } from "./_harness.ts";
+import { writeProgramWrapper } from "./_harness.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 
@@ -60,26 +60,13 @@ export async function clusterSkipReason(extraTools: string[] = []): Promise<stri
   return undefined;
 }
 
-/**
- * Writes `dir/PROGRAM`, a wrapper that execs the program as the tests run it
- * (the same permission set and runtime flags), for the cluster's bare
- * environment; returns its path.
- */
+/** Writes `dir/PROGRAM`, a wrapper for the cluster's bare environment; returns its path. */
 export async function writeWrapper(
   dir: string,
   program: "cmappserver" | "cmappmgr",
 ): Promise<string> {
-  const argv = [Deno.execPath(), ...programCommand(program)]
-    .map((s) => `'${s.replaceAll("'", `'\\''`)}'`).join(" ");
-  const denoDir = Deno.env.get("DENO_DIR") ??
-    JSON.parse((await output(Deno.execPath(), ["info", "--json"])).stdout).denoDir;
-  const path = `${dir}/${program}`;
-  await Deno.writeTextFile(
-    path,
-    `#!/bin/sh\nDENO_DIR='${denoDir}'\nexport DENO_DIR\nexec ${argv} "$@"\n`,
-  );
-  await Deno.chmod(path, 0o755);
-  return path;
+  await writeProgramWrapper(`${dir}/${program}`, program);
+  return `${dir}/${program}`;
 }
 
 /**

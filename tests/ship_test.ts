@@ -14,6 +14,7 @@ import { USAGE as SERVER_USAGE } from "../cli/cmappserver.ts";
 import assert from "node:assert/strict";
 import {
   alive,
+  denoDir,
   eventually,
   freePort,
   type KeyPair,
@@ -27,6 +28,7 @@ import {
   type ServerProcess,
   startServerProcess,
   tempDir,
+  writeProgramWrapper,
 } from "./_harness.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
@@ -91,29 +93,6 @@ async function run(
   }).output();
   const d = new TextDecoder();
   return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
-}
-
-/** A word quoted for sh. */
-function shQuote(s: string): string {
-  return `'${s.replaceAll("'", `'\\''`)}'`;
-}
-
-/** Deno's cache directory, for wrappers run with a bare environment. */
-async function denoDir(): Promise<string> {
-  const set = Deno.env.get("DENO_DIR");
-  if (set) return set;
-  const out = await run(Deno.execPath(), ["info", "--json"]);
-  return JSON.parse(out.stdout).denoDir;
-}
-
-/** Writes an executable sh wrapper that `exec`s one of our programs. */
-async function writeWrapper(path: string, program: "cmappserver" | "cmappmgr"): Promise<void> {
-  const argv = [Deno.execPath(), ...programCommand(program)].map(shQuote).join(" ");
-  await Deno.writeTextFile(
-    path,
-    `#!/bin/sh\nDENO_DIR=${shQuote(await denoDir())}\nexport DENO_DIR\nexec ${argv} "$@"\n`,
-  );
-  await Deno.chmod(path, 0o755);
 }
 
 /** A unit file's settings: "Section.Key" → values, comments left out. */
@@ -259,7 +238,7 @@ Deno.test("cmappmgr-instance: runs the application on a real cmappserver", async
   const server = await startServerProcess(keys.server);
   try {
     const d = keys.root.path;
-    await writeWrapper(`${d}/cmappmgr`, "cmappmgr");
+    await writeProgramWrapper(`${d}/cmappmgr`, "cmappmgr");
     await Deno.mkdir(`${d}/conf.d`);
     const env = {
       CMAPPMGR: `${d}/cmappmgr`,
@@ -408,7 +387,7 @@ for (const variant of ["start-stop-daemon", "plain sh"] as const) {
       const init = (action: string) => run(INIT, [action], env);
       const log = `${d}/daemon.log`;
       try {
-        await writeWrapper(`${d}/daemon`, "cmappserver");
+        await writeProgramWrapper(`${d}/daemon`, "cmappserver");
         // A daemon slow to start (a busy machine, many runs to re-adopt; longer than the 3 s the
         // script once slept), and one that never
         // says it is ready.
@@ -577,7 +556,7 @@ async function agentSetup(): Promise<
 > {
   const keys = await makeKeys();
   const server = await startServerProcess(keys.server);
-  await writeWrapper(`${keys.root.path}/cmappmgr`, "cmappmgr");
+  await writeProgramWrapper(`${keys.root.path}/cmappmgr`, "cmappmgr");
   return {
     keys,
     server,
