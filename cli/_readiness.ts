@@ -67,7 +67,9 @@ export async function sdNotify(
 async function _replaceFile(path: string, text: string): Promise<void> {
   const tmp = `${path}.${Deno.pid}.tmp`;
   try {
-    await Deno.writeTextFile(tmp, text);
+    // A new file (O_EXCL), never through a link someone left at that name.
+    await Deno.remove(tmp).catch(() => {});
+    await Deno.writeTextFile(tmp, text, { createNew: true });
     await Deno.rename(tmp, path);
   } catch (e) {
     await Deno.remove(tmp).catch(() => {});
@@ -96,7 +98,6 @@ export interface ReadinessOptions {
  * ```ts ignore
  * const readiness = new Readiness({ notifySocket: Deno.env.get("NOTIFY_SOCKET") ?? "",
  *   socketDir: "/var/lib/cmappserver", readyFile: "", logger });
- * await readiness.clear();
  * // … listen, re-adopt the runs …
  * await readiness.ready("listening on 0.0.0.0:5315");
  * // … serve until SIGTERM …
@@ -109,12 +110,6 @@ export class Readiness {
 
   constructor(options: ReadinessOptions) {
     this.#options = options;
-  }
-
-  /** Removes a ready file left by an earlier daemon: it is not ready yet. */
-  async clear(): Promise<void> {
-    const { readyFile } = this.#options;
-    if (readyFile) await Deno.remove(readyFile).catch(() => {});
   }
 
   /** Says it serves. Throws when the ready file cannot be written. */

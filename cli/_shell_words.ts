@@ -48,6 +48,8 @@ export function splitShellWords(text: string): string[] {
       i++;
       continue;
     }
+    // (A word begins here: only then does # start a comment and ~ mean a home directory.)
+    const starting = word === null;
     word ??= "";
     if (c === "'") {
       const end = text.indexOf("'", i + 1);
@@ -78,8 +80,8 @@ export function splitShellWords(text: string): string[] {
       if (c === "$" || c === "`") refuse(c);
       if (_OPERATORS.has(c)) refuse(`the shell operator ${c}`);
       if (c === "*" || c === "?" || c === "[") refuse(`the glob character ${c}`);
-      if (c === "~" && word === "") refuse("a leading ~");
-      if (c === "#" && word === "") {
+      if (c === "~" && starting) refuse("a leading ~");
+      if (c === "#" && starting) {
         word = null; // a comment, as in a shell: the rest of the line
         break;
       }

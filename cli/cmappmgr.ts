@@ -479,6 +479,13 @@ function _status(cfg: _Config, runs: RunInfo[]): number {
 /** -stop NAME: SIGTERM (SIGKILL after the grace) to the running run of NAME, then its end. */
 async function _stop(cfg: _Config, client: _Client, runs: RunInfo[]): Promise<number> {
   const info = _mgr.latestNamed(runs, cfg.target);
+  if (info && info.state === "exited" && !info.delivered && !info.lost) {
+    // Ended with nobody to collect its status: collected now, so that the name is free again
+    // (a launch of another command under it would otherwise be refused as a conflict).
+    await client.release(info.run);
+    printOut(`${_mgr.describeNamed(cfg.target, info)}; its uncollected exit status released\n`);
+    return 0;
+  }
   if (!info || info.state !== "running") {
     printOut(`${_mgr.describeNamed(cfg.target, info)}; nothing to stop\n`);
     return 0;

@@ -254,7 +254,8 @@ export async function main(args: string[]): Promise<number> {
     readyFile: cfg.readyFile,
     logger,
   });
-  await readiness.clear();
+  // (A stale ready file is not removed here: before the state directory's lock is ours, it may
+  // be a running daemon's. The init script removes it before starting; ready() replaces it.)
   try {
     server = await startServer({
       identity,

@@ -383,6 +383,8 @@ export async function runCommand(options: RunCommandOptions): Promise<RunOutcome
       } catch (e) {
         // A guest (or a proxy in front of it) that hangs up during the
         // handshake looks like a refusal; while re-attaching it counts as lost.
+        // A certificate we do not trust until the end is said as what it is (201).
+        if (e instanceof ManagerError && e.kind === "server_untrusted") throw e;
         if (e instanceof ManagerError && _RETRYABLE_REATTACH.has(e.kind)) break;
         throw e;
       }

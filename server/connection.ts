@@ -303,13 +303,13 @@ class _Connection {
       stopTimeoutMs: m.stop_timeout_ms,
       streams: m.streams,
       stdin: m.stdin,
-      attachAny: m.attach_any,
+      // A manager below 1.5 was promised that a launch under a running name attaches, and has no
+      // way to ask for it: it keeps that promise.
+      attachAny: m.attach_any || !this.#features.conflicts,
     }, this.#peer.fingerprint);
     if ("code" in r) {
       logger.warn(`${this.#who}: launch of ${JSON.stringify(m.argv)} refused: ${r.message}`);
-      // A manager below 1.5 knows no `conflict`; `policy` is the refusal it knows.
-      const code = r.code === "conflict" && !this.#features.conflicts ? "policy" : r.code;
-      throw new RequestError(code, r.message);
+      throw new RequestError(r.code, r.message);
     }
     const { run, attached } = r;
     logger.info(

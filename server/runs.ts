@@ -271,18 +271,22 @@ export class RunTable {
     const theirs = record?.format === RECORD_FORMAT ? record.spec : undefined;
     const sameArgv = argv.length === run.argv.length && argv.every((a, i) => a === run.argv[i]);
     if (sameArgv && (theirs === undefined || theirs === spec)) return null;
-    const what = hasEnded(run)
+    const ended = hasEnded(run);
+    const what = ended
       ? `ended (${run.exit ? describeExit(run.exit) : "how is unknown"}) and its exit status ` +
         `has not been collected`
       : `is running (pid ${run.pid}, since ${run.startedAt.toISOString()})`;
     const differs = sameArgv
       ? `the same command with another user, group, working directory or environment`
       : `another command: ${formatArgv(argv)}`;
+    const todo = ended
+      ? `Collect its exit status first (cmappmgr -stop ${run.name} releases it), or attach to ` +
+        `it (cmappmgr -attach)`
+      : `Stop it first (cmappmgr -stop ${run.name}), or attach to it as it is (cmappmgr -attach)`;
     return {
       code: "conflict",
       message: `a run named ${run.name} ${what}: ${formatArgv(run.argv)}; this launch asks for ` +
-        `${differs}. Stop it first (cmappmgr -stop ${run.name}), or attach to it as it is ` +
-        `(cmappmgr -attach)`,
+        `${differs}. ${todo}`,
     };
   }
 

@@ -14,6 +14,7 @@ import {
   ServerFixture,
   type ServerProcess,
   within,
+  writeIdentity,
 } from "./_harness.ts";
 import { rawData, rawJson, type RawPeer, rawPeer, rssKiB } from "./_raw_peer.ts";
 
@@ -460,6 +461,66 @@ Deno.test("out of file descriptors: after a flood of silent connections under a 
     await stillServes(f, server);
   } finally {
     for (const c of held) c.close();
+    await f.cleanup();
+  }
+});
+
+/** A key directory whose certificate the server does not pin (it trusts the server, though). */
+async function stranger(f: ServerFixture, name: string): Promise<string> {
+  const dir = `${f.dir}/${name}`;
+  await writeIdentity(dir);
+  await Deno.copyFile(`${f.keys.server}/cert.pem`, `${dir}/trusted/server.pem`);
+  return dir;
+}
+
+Deno.test("an unpinned peer that sends without end after its refusal: the daemon reads none of it", async () => {
+  const f = await ServerFixture.create();
+  const peers: RawPeer[] = [];
+  try {
+    const server = await f.server();
+    const base = await rssKiB(server.pid);
+    const rss = watchRss(server.pid);
+    const chunk = new Uint8Array(64 * 1024);
+    for (let n = 0; n < 4; n++) {
+      const peer = await rawPeer(await stranger(f, `s${n}`), server.port);
+      peers.push(peer);
+      const end = Date.now() + 1500;
+      while (Date.now() < end && !peer.isClosed) {
+        if (!peer.write(chunk)) await delay(1);
+      }
+    }
+    const peak = await rss.stop();
+    await server.waitForLog(/rejected manager 127\.0\.0\.1:\d+: not pinned/);
+    assertBounded("unpinned peers sending after their refusal", base, peak, 4);
+    await stillServes(f, server);
+  } finally {
+    for (const p of peers) await p.close();
+    await f.cleanup();
+  }
+});
+
+Deno.test("refused peers do not count against max_connections: a pinned manager still gets in", async () => {
+  const f = await ServerFixture.create();
+  const peers: RawPeer[] = [];
+  let flooding = true;
+  try {
+    const server = await f.server("-max_connections", "4");
+    const keydirs = await Promise.all([0, 1, 2, 3, 4, 5].map((n) => stranger(f, `s${n}`)));
+    // Refused peers arriving all the time, each held open until the server closes it.
+    const flood = (async () => {
+      for (let n = 0; flooding; n++) {
+        peers.push(await rawPeer(keydirs[n % keydirs.length], server.port));
+        await delay(20);
+      }
+    })();
+    await delay(500);
+    await stillServes(f, server);
+    flooding = false;
+    await flood;
+    assert.doesNotMatch(server.log(), /connections already open/);
+  } finally {
+    flooding = false;
+    for (const p of peers) await p.close();
     await f.cleanup();
   }
 });

@@ -82,17 +82,30 @@ Deno.test("an unclaimed exit status is not handed to another command; -attach or
     assert.match(other.stderr, /exit status .* not been collected|unclaimed/);
     assert.equal(await runsOf(f, s, "job"), 1, "nothing started");
 
+    assert.match(other.stderr, /cmappmgr -stop job releases it/);
     const collected = await runMgr(mgrArgs(f.keys, s, "-service_name", "job", "-attach", "true"));
     assert.equal(collected.code, 4, collected.stderr);
     // Collected: the name is free for another command now.
     const next = await runMgr(mgrArgs(f.keys, s, "-service_name", "job", "--", "true"));
     assert.equal(next.code, 0, next.stderr);
+    // -stop releases an uncollected exit status, as the message says, and frees the name.
+    await Deno.remove(`${f.dir}/go`);
+    const again = f.startMgr(mgrArgs(f.keys, s, "-service_name", "job2", "--", ...argv));
+    await eventually("job2 to run", async () => (await status(f, s, "job2")).code === 0);
+    await again.kill();
+    await Deno.writeTextFile(`${f.dir}/go`, "");
+    await eventually("job2 to end", async () => (await status(f, s, "job2")).code === 1);
+    const released = await runMgr(mgrArgs(f.keys, s, "-stop", "job2"));
+    assert.equal(released.code, 0, released.stderr);
+    assert.match(released.stdout, /uncollected exit status released/);
+    const fresh = await runMgr(mgrArgs(f.keys, s, "-service_name", "job2", "--", "true"));
+    assert.equal(fresh.code, 0, fresh.stderr);
   } finally {
     await f.cleanup();
   }
 });
 
-Deno.test("on the wire: conflict for 1.5, policy for a 1.4 manager, attach_any attaches", async () => {
+Deno.test("on the wire: conflict for 1.5, a 1.4 manager attaches as it always did, attach_any attaches", async () => {
   const f = await ServerFixture.create();
   const peers: RawPeer[] = [];
   try {
@@ -111,7 +124,6 @@ Deno.test("on the wire: conflict for 1.5, policy for a 1.4 manager, attach_any a
 
     const cases = [
       [5, {}, "conflict"],
-      [4, {}, "policy"],
       [5, { env: { A: "1" } }, "conflict"],
     ] as const;
     for (const [minor, extra, code] of cases) {
@@ -122,6 +134,12 @@ Deno.test("on the wire: conflict for 1.5, policy for a 1.4 manager, attach_any a
       assert.equal(m.code, code, JSON.stringify(m));
       assert.match(String(m.message), /sleep 300.*sleep 301|sleep 300.*environment/);
     }
+    // A 1.4 manager, which cannot say attach_any, attaches as 1.4 promised.
+    const old = await peer(4);
+    old.write(rawJson({ type: "launch", id: 4, name: "w", argv: ["sleep", "301"] }));
+    const oldAttached = await old.next((m) => m.id === 4);
+    assert.equal(oldAttached.type, "launched", JSON.stringify(oldAttached));
+    assert.equal(oldAttached.pid, started.pid);
     const any = await peer(5);
     any.write(rawJson({ type: "launch", id: 3, name: "w", argv: ["true"], attach_any: true }));
     const attached = await any.next((m) => m.id === 3);

@@ -15,6 +15,8 @@ Deno.test("shell words: quoting as a POSIX shell has it", () => {
     [`echo "\\$HOME is kept"`, ["echo", "$HOME is kept"]],
     [`echo '*.c' "?" \\[x]`, ["echo", "*.c", "?", "[x]"]],
     ["", []],
+    [`app ''#x y`, ["app", "#x", "y"]],
+    [`""~x`, ["~x"]],
   ];
   for (const [text, words] of cases) assert.deepEqual(splitShellWords(text), words, text);
 });

@@ -249,6 +249,18 @@ export function listenTls(options: TlsListenOptions): Promise<TlsListener> {
           options.onHandshakeError(peer.address, "closed the connection right after the handshake");
           return;
         }
+        if (peer.problem) {
+          // Refused: it is told why and closed by the owner. Meanwhile it reads nothing more (what
+          // the peer sends waits in TCP, not in memory), and it no longer counts against
+          // max_connections, so that refused peers cannot lock a pinned manager out.
+          sock.pause();
+          const closed = raw?._cmappClosed;
+          if (raw && closed) {
+            closed();
+            raw.off?.("close", closed);
+            raw._cmappClosed = undefined;
+          }
+        }
         options.onSecureConnection(sock, peer);
       },
       (e) => {
