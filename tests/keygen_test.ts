@@ -152,3 +152,21 @@ Deno.test("fingerprint FILE: both programs print what a PEM certificate is, with
     await dir.cleanup();
   }
 });
+
+Deno.test("a key directory whose key.pem and cert.pem are not one pair is refused, naming both", async () => {
+  const dir = await tempDir();
+  try {
+    for (const k of ["a", "b"]) {
+      assert.equal((await runMgr(["keygen", "-keydir", `${dir.path}/${k}`])).code, 0);
+    }
+    // Half-way through a rotation: the new certificate, the old key.
+    await Deno.copyFile(`${dir.path}/b/cert.pem`, `${dir.path}/a/cert.pem`);
+    await Deno.copyFile(`${dir.path}/b/cert.pem`, `${dir.path}/a/trusted/self.pem`);
+    await assert.rejects(loadIdentity(`${dir.path}/a`), /not one pair/);
+    const r = await runMgr(["-check", "-node", "g", "-keydir", `${dir.path}/a`, "--", "true"]);
+    assert.equal(r.code, 208, r.stderr);
+    assert.match(r.stderr, /a\/key\.pem and .*a\/cert\.pem are not one pair/);
+  } finally {
+    await dir.cleanup();
+  }
+});

@@ -12,6 +12,7 @@
  * @module
  */
 
+import { createPublicKey, X509Certificate } from "node:crypto";
 import { type CertificateInfo, certificateProblem, parseCertificates } from "./certificate.ts";
 
 /** Our own key and certificate. */
@@ -103,7 +104,30 @@ export async function loadIdentity(dir: string, program?: string): Promise<Ident
   if (problem) {
     throw new KeyDirError(`${certPath}: our own certificate is ${problem}; ${hint} with -force`);
   }
+  _checkPair(keyPem, certPem, keyPath, certPath);
   return { keyPem, certPem, info };
+}
+
+/**
+ * The key and the certificate must be one pair: a directory caught half-way
+ * through a rotation (one file new, the other old) is refused here, with both
+ * paths, rather than as an obscure TLS failure.
+ */
+function _checkPair(keyPem: string, certPem: string, keyPath: string, certPath: string): void {
+  let same: boolean;
+  try {
+    const ours = createPublicKey(keyPem).export({ type: "spki", format: "der" });
+    const theirs = new X509Certificate(certPem).publicKey.export({ type: "spki", format: "der" });
+    same = ours.equals(theirs);
+  } catch (e) {
+    throw new KeyDirError(`${keyPath}: not a usable private key: ${(e as Error).message}`);
+  }
+  if (!same) {
+    throw new KeyDirError(
+      `${keyPath} and ${certPath} are not one pair (their public keys differ): restore both ` +
+        `files of one key, or make a new one with keygen -force`,
+    );
+  }
 }
 
 /**
