@@ -48,50 +48,24 @@ Deno.test("deno task cmappmgr, run from elsewhere: relative paths are the caller
     const v = Deno.env.get(k);
     if (v !== undefined) env[k] = v;
   }
-  try {
-    const keygen = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "task",
-        "-q",
-        "--config",
-        `${ROOT}/deno.json`,
-        "cmappmgr",
-        "keygen",
-        "-keydir",
-        "keys",
-      ],
+  // deno task cmappmgr ARGS, run from `dir` as a user's shell would.
+  const task = (...args: string[]) =>
+    new Deno.Command(Deno.execPath(), {
+      args: ["task", "-q", "--config", `${ROOT}/deno.json`, "cmappmgr", ...args],
       cwd: dir,
       env,
       clearEnv: true,
       stdout: "piped",
       stderr: "piped",
     }).output();
+  try {
+    const keygen = await task("keygen", "-keydir", "keys");
     assert.equal(keygen.code, 0, new TextDecoder().decode(keygen.stderr));
     // Written where the caller is, not in the checkout.
     assert.ok((await Deno.stat(`${dir}/keys/cert.pem`)).isFile);
     await assert.rejects(Deno.stat(`${ROOT}/keys`), Deno.errors.NotFound);
     await Deno.copyFile(`${dir}/keys/cert.pem`, `${dir}/keys/trusted/self.pem`);
-    const check = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "task",
-        "-q",
-        "--config",
-        `${ROOT}/deno.json`,
-        "cmappmgr",
-        "-check",
-        "-node",
-        "guest1",
-        "-keydir",
-        "./keys",
-        "--",
-        "true",
-      ],
-      cwd: dir,
-      env,
-      clearEnv: true,
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
+    const check = await task("-check", "-node", "guest1", "-keydir", "./keys", "--", "true");
     assert.equal(check.code, 0, new TextDecoder().decode(check.stderr));
   } finally {
     await Deno.remove(dir, { recursive: true });
